@@ -1,0 +1,6 @@
+"""detailclip: DetailCLIP pretraining, inspection and zero-shot tools.
+
+Importing this package is cheap on purpose (no torch): the CLI's ``--help`` must stay fast.
+"""
+
+__version__ = "0.1.0"

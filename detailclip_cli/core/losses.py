@@ -1,0 +1,160 @@
+"""The four losses of DetailCLIP. They know tensors, not models.
+
+Shape letters: B batch, L patch tokens, E embedding width, C prototypes (head out_dim),
+P patch size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+              logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between matching rows of L2-normalised image and text embeddings.
+
+    Args:
+        image_features: (B, E) normalised.
+        text_features: (B, E) normalised; row i is image i's caption.
+        logit_scale: scalar, already exponentiated and clamped.
+
+    Returns:
+        Scalar: mean of the image->text and text->image cross-entropies.
+    """
+    logits = logit_scale * image_features @ text_features.T  # (B, B)
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, L, P*P*3), patches in row-major grid order, pixels (p, q, channel)."""
+    b, c, h, w = images.shape
+    p = patch_size
+    x = images.reshape(b, c, h // p, p, w // p, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, P, P, C)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`patchify`: (B, L, P*P*3) -> (B, 3, gh*P, gw*P)."""
+    b = patches.shape[0]
+    gh, gw = grid
+    p = patch_size
+    x = patches.reshape(b, gh, gw, p, p, 3).permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, P, gw, P)
+    return x.reshape(b, 3, gh * p, gw * p)
+
+
+def normalize_patches(target: torch.Tensor, eps: float = 1e-6):
+    """Per-patch normalisation of pixel targets: subtract each patch's mean, divide by its std.
+
+    Returns:
+        normalised (B, L, N), mean (B, L, 1), std (B, L, 1), so predictions can be mapped back.
+    """
+    mean = target.mean(dim=-1, keepdim=True)
+    std = (target.var(dim=-1, keepdim=True) + eps).sqrt()
+    return (target - mean) / std, mean, std
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                        norm_pix: bool = True) -> torch.Tensor:
+    """Mean squared error on removed patches.
+
+    Args:
+        pred: (B, L, P*P*3) predicted pixels.
+        target: (B, L, P*P*3) true pixels (``patchify`` of the input images).
+        mask: (B, L) bool, True where the patch was removed. If nothing was removed, every
+            patch counts (the decoder is then a plain autoencoder).
+        norm_pix: compare against per-patch normalised targets.
+
+    Returns:
+        Scalar loss.
+    """
+    if norm_pix:
+        target, _, _ = normalize_patches(target)
+    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, L)
+    weight = mask.float() if mask.any() else torch.ones_like(per_patch)
+    return (per_patch * weight).sum() / weight.sum()
+
+
+class _Centered(nn.Module):
+    """Holds the running centre of the teacher's logits (momentum EMA, averaged across ranks)."""
+
+    def __init__(self, out_dim: int, center_momentum: float):
+        super().__init__()
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Centred and sharpened teacher distribution (..., C), no gradient."""
+        return F.softmax((teacher_out.detach().float() - self.center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """EMA of the mean teacher logit vector over all leading dimensions."""
+        flat = teacher_out.detach().float().reshape(-1, teacher_out.shape[-1])
+        total = flat.sum(dim=0, keepdim=True)
+        count = torch.tensor([float(flat.shape[0])], device=flat.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        batch_center = total / count
+        m = self.center_momentum
+        self.center.mul_(m).add_(batch_center, alpha=1 - m)
+
+
+class ClsDistillLoss(_Centered):
+    """DINO/iBOT [CLS] loss across views: the student's view u matches the teacher's view v."""
+
+    def forward(self, *, teacher_out: torch.Tensor, student_out: torch.Tensor,
+                teacher_temp: float, student_temp: float = 0.1) -> torch.Tensor:
+        """
+        Args:
+            teacher_out: (V, B, C) teacher [CLS] logits of V global views.
+            student_out: (V, B, C) student [CLS] logits of the same views.
+            teacher_temp: sharpening temperature for the teacher.
+            student_temp: temperature for the student.
+
+        Returns:
+            Scalar: mean over ordered view pairs (u != v) of the cross-entropy H(teacher_v, student_u).
+            Updates the centre afterwards.
+        """
+        q = self.teacher_probs(teacher_out, teacher_temp)  # (V, B, C)
+        log_p = F.log_softmax(student_out.float() / student_temp, dim=-1)  # (V, B, C)
+        v = q.shape[0]
+        terms = [-(q[t] * log_p[s]).sum(-1).mean() for t in range(v) for s in range(v) if s != t]
+        self.update_center(teacher_out)
+        return torch.stack(terms).mean()
+
+
+class PatchDistillLoss(_Centered):
+    """iBOT patch loss: the student's patch distributions match the teacher's, same view."""
+
+    def forward(self, *, teacher_out: torch.Tensor, student_out: torch.Tensor, mask: torch.Tensor,
+                teacher_temp: float, student_temp: float = 0.1) -> torch.Tensor:
+        """
+        Args:
+            teacher_out: (B, L, C) teacher patch logits.
+            student_out: (B, L, C) student patch logits at the same positions.
+            mask: (B, L) bool, the positions that count (removed patches); all when none set.
+            teacher_temp: sharpening temperature for the teacher.
+            student_temp: temperature for the student.
+
+        Returns:
+            Scalar: per-sample mean cross-entropy over the counted positions, averaged over B.
+            Updates the centre with all teacher patch logits afterwards.
+        """
+        q = self.teacher_probs(teacher_out, teacher_temp)  # (B, L, C)
+        log_p = F.log_softmax(student_out.float() / student_temp, dim=-1)  # (B, L, C)
+        ce = -(q * log_p).sum(-1)  # (B, L)
+        weight = mask.float() if mask.any() else torch.ones_like(ce)
+        per_sample = (ce * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)  # (B,)
+        self.update_center(teacher_out)
+        return per_sample.mean()
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy (nats) of distributions along the last dimension."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()

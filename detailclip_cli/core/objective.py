@@ -1,0 +1,184 @@
+"""The DetailCLIP objective: one training step's forward pass, returning named losses.
+
+``forward`` reads like a table of contents: teacher pass (with token scores), token removal,
+student encoder, CLIP loss, decoder and reconstruction loss, distillation heads and losses.
+Both augmented views travel as one batch of 2B images.
+
+Shape letters: B batch, V views (2), L patch tokens, K kept tokens, D width, C prototypes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from detailclip_cli.core.config import TrainConfig
+from detailclip_cli.core.losses import (
+    ClsDistillLoss,
+    PatchDistillLoss,
+    clip_loss,
+    patchify,
+    reconstruction_loss,
+)
+from detailclip_cli.core.model import DetailCLIP
+from detailclip_cli.core.removal import Removal, random_scores, remove_tokens
+from detailclip_cli.core.teacher import cosine_schedule, ema_update_, make_teacher
+
+NUM_VIEWS = 2
+
+
+class DetailCLIPObjective(nn.Module):
+    """Student model + EMA teacher + the loss modules (which hold the iBOT centres).
+
+    Args:
+        model: the student.
+        cfg: training settings (removal, keep ratio, weights, temperatures, schedules).
+    """
+
+    def __init__(self, model: DetailCLIP, cfg: TrainConfig):
+        super().__init__()
+        cfg.validate(model.cfg)
+        self.model = model
+        self.cfg = cfg
+        # The teacher exists when it has work: choosing tokens or giving distillation targets.
+        self.teacher = None
+        if cfg.removal == "attention" or model.head is not None:
+            self.teacher = make_teacher(model.image_tower())
+        self.cls_loss = self.patch_loss = None
+        if model.head is not None:
+            out_dim = model.cfg.head.out_dim
+            self.cls_loss = ClsDistillLoss(out_dim, cfg.center_momentum)
+            self.patch_loss = PatchDistillLoss(out_dim, cfg.center_momentum)
+
+    def train(self, mode: bool = True) -> "DetailCLIPObjective":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher always runs as in inference
+        return self
+
+    # -- schedules ---------------------------------------------------------------------------
+
+    def teacher_momentum(self, step: int) -> float:
+        return cosine_schedule(step, self.cfg.steps, self.cfg.momentum_base, self.cfg.momentum_final)
+
+    def teacher_temp_patch(self, step: int) -> float:
+        """Linear warm-up of the patch teacher temperature over the first part of training."""
+        c = self.cfg
+        warm = max(1, int(c.teacher_temp_warmup_frac * c.steps))
+        t = min(step / warm, 1.0)
+        return c.teacher_temp_patch_warmup + t * (c.teacher_temp_patch - c.teacher_temp_patch_warmup)
+
+    @torch.no_grad()
+    def update_teacher(self, step: int) -> float:
+        """EMA step of the teacher towards the student; returns the momentum used."""
+        m = self.teacher_momentum(step)
+        if self.teacher is not None:
+            ema_update_(self.teacher, self.model.image_tower(), m)
+        return m
+
+    # -- stages ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def teacher_pass(self, images: torch.Tensor):
+        """Teacher tokens and [CLS]-to-patch scores of the full views.
+
+        Args:
+            images: (VB, 3, H, W).
+
+        Returns:
+            tokens (VB, 1 + L, D) or None without a teacher; scores (VB, L) or None unless
+            removal is attention-guided.
+        """
+        if self.teacher is None:
+            return None, None
+        if self.cfg.removal == "attention":
+            return self.teacher.visual.forward_with_scores(images, self.cfg.score_layer)
+        return self.teacher.visual(images), None
+
+    def remove(self, patches: torch.Tensor, scores: torch.Tensor | None, step: int) -> Removal:
+        """Apply the configured removal strategy to (VB, L, D) position-embedded patch tokens."""
+        c = self.cfg
+        n, length = patches.shape[:2]
+        grid = self.model.visual.grid_size
+        if c.removal == "none" or c.keep_ratio >= 1.0:
+            scores, keep_ratio, block = torch.zeros(n, length, device=patches.device), 1.0, 1
+        else:
+            keep_ratio, block = c.keep_ratio, c.block_size
+            if c.removal == "random":
+                # Seeded by (seed, step) so a resumed run removes exactly the same tokens.
+                g = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
+                scores = random_scores(n, length, generator=g, device=patches.device)
+        return remove_tokens(patches, scores, keep_ratio, grid=grid, block_size=block)
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor, *, step: int) -> dict[str, torch.Tensor]:
+        """One step's losses.
+
+        Args:
+            view1, view2: (B, 3, H, W) two augmented views of the same images.
+            text: (B, T) caption token ids.
+            step: the global step (drives random removal seeds and schedules).
+
+        Returns:
+            ``{"loss": total, "clip": ..., "rec": ..., "cls": ..., "patch": ...}`` (only the
+            active terms); ``loss`` is their weighted sum.
+        """
+        c, model = self.cfg, self.model
+        images = torch.cat([view1, view2])  # (VB, 3, H, W)
+        teacher_tokens, scores = self.teacher_pass(images)
+        removal = self.remove(model.visual.embed_patches(images), scores, step)
+        latent, _ = model.visual.forward_tokens(removal.kept)  # (VB, 1 + K, D)
+
+        losses: dict[str, torch.Tensor] = {}
+        image_emb = model.embed_cls(latent).chunk(NUM_VIEWS)  # V x (B, E)
+        text_emb = model.encode_text(text)  # (B, E)
+        scale = model.scale()
+        losses["clip"] = sum(clip_loss(e, text_emb, scale) for e in image_emb) / NUM_VIEWS
+
+        student_tokens = latent
+        if model.decoder is not None:
+            pred, features = model.decoder(latent, removal.ids_restore)  # (VB, L, P*P*3)
+            target = patchify(images, model.visual.patch_size)
+            losses["rec"] = reconstruction_loss(pred, target, removal.mask, c.norm_pix_loss)
+            if features is not None:
+                student_tokens = features  # (VB, 1 + L, D): removed positions predicted from context
+
+        if model.head is not None:
+            losses.update(self.distill_losses(student_tokens, teacher_tokens, removal, step))
+
+        weights = {"clip": c.w_clip, "rec": c.w_rec, "cls": c.w_cls, "patch": c.w_patch}
+        losses["loss"] = sum(weights[k] * v for k, v in losses.items())
+        return losses
+
+    def distill_losses(self, student_tokens: torch.Tensor, teacher_tokens: torch.Tensor,
+                       removal: Removal, step: int) -> dict[str, torch.Tensor]:
+        """iBOT [CLS] (across views) and patch (same view) losses.
+
+        Args:
+            student_tokens: (VB, 1 + L, D) decoder features on the full grid, or (VB, 1 + K, D)
+                encoder tokens when there is no decoder.
+            teacher_tokens: (VB, 1 + L, D) teacher tokens of the full views.
+            removal: the removal that produced the student's input.
+            step: global step, for the patch temperature warm-up.
+        """
+        student_out = self.model.head(student_tokens)  # (VB, 1 + *, C)
+        teacher_out = self.teacher.head(teacher_tokens)  # (VB, 1 + L, C)
+        vb = teacher_out.shape[0]
+        t_patch = teacher_out[:, 1:]
+        if student_out.shape[1] == teacher_out.shape[1]:
+            mask = removal.mask  # full grid: the loss counts removed positions
+        else:
+            # Without a decoder the student only has kept positions: compare those.
+            ids = removal.ids_keep.unsqueeze(-1).expand(-1, -1, t_patch.shape[-1])
+            t_patch = torch.gather(t_patch, 1, ids)  # (VB, L, C) -> (VB, K, C)
+            mask = torch.zeros(ids.shape[:2], dtype=torch.bool, device=ids.device)
+        shape = (NUM_VIEWS, vb // NUM_VIEWS, -1)
+        return {
+            "cls": self.cls_loss(
+                teacher_out=teacher_out[:, 0].reshape(shape), student_out=student_out[:, 0].reshape(shape),
+                teacher_temp=self.cfg.teacher_temp_cls, student_temp=self.cfg.student_temp,
+            ),
+            "patch": self.patch_loss(
+                teacher_out=t_patch, student_out=student_out[:, 1:], mask=mask,
+                teacher_temp=self.teacher_temp_patch(step), student_temp=self.cfg.student_temp,
+            ),
+        }

@@ -1,0 +1,199 @@
+"""A Vision Transformer that encodes any subset of its patch tokens and reports its attention.
+
+Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls_token``,
+``pos_embed``, ``blocks.N.attn.qkv`` ...) so the image tower maps one-to-one onto timm and
+open_clip layouts. Attention is an output: every block can return its [CLS]-to-patch attention
+row, computed directly from the block's own q and k (one row, not the L x L matrix), while the
+block's output still comes from the fused ``scaled_dot_product_attention`` kernel.
+
+Shape letters: B batch, L patch tokens, K kept tokens, N tokens in the sequence (1 + L or 1 + K),
+D width, H heads, P patch size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detailclip_cli.core.config import VisionConfig
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention that can also return the [CLS] token's attention row."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, return_cls_attn: bool = False):
+        """
+        Args:
+            x: (B, N, D) tokens, [CLS] first.
+            return_cls_attn: also return the [CLS] query's attention over all N tokens.
+
+        Returns:
+            (B, N, D), and (B, H, N) softmax weights of the [CLS] row when asked, else None.
+        """
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, hd)
+        out = self.proj(out.transpose(1, 2).reshape(b, n, d))
+        cls_attn = None
+        if return_cls_attn:
+            # Only the [CLS] row: (B, H, 1, hd) @ (B, H, hd, N) -> (B, H, N); O(N) not O(N^2).
+            logits = (q[:, :, 0:1] @ k.transpose(-2, -1)).squeeze(2) / math.sqrt(self.head_dim)
+            cls_attn = logits.float().softmax(dim=-1)
+        return out, cls_attn
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, return_cls_attn: bool = False):
+        """(B, N, D) -> (B, N, D), plus (B, H, N) [CLS] attention when asked (else None)."""
+        a, cls_attn = self.attn(self.norm1(x), return_cls_attn)
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        return x, cls_attn
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, width: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, L, D) in row-major grid order."""
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class VisionTransformer(nn.Module):
+    """ViT image tower: patch embedding, [CLS], learned position embedding, blocks, final norm."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_size = cfg.patch_size
+        self.grid_size = cfg.grid_size
+        self.width = cfg.width
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, cfg.width))
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a linear layer, like MAE
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with their position embedding, before any removal.
+
+        Args:
+            images: (B, 3, H, W) with H, W the configured image size.
+
+        Returns:
+            (B, L, D).
+        """
+        h, w = images.shape[-2:]
+        if (h // self.patch_size, w // self.patch_size) != self.grid_size:
+            raise ValueError(
+                f"images are {h}x{w} px but the model expects "
+                f"{self.grid_size[0] * self.patch_size}x{self.grid_size[1] * self.patch_size}"
+            )
+        return self.patch_embed(images) + self.pos_embed[:, 1:]
+
+    def forward_tokens(self, patches: torch.Tensor, return_cls_attn: bool = False):
+        """Run the transformer over [CLS] plus the given (possibly subset of) patch tokens.
+
+        Args:
+            patches: (B, K, D) position-embedded patch tokens, any K <= L.
+            return_cls_attn: also collect every block's [CLS] attention row.
+
+        Returns:
+            (B, 1 + K, D) normalised tokens, [CLS] first, and a list of ``depth`` tensors
+            (B, H, 1 + K) with each block's [CLS] attention (empty when not asked).
+        """
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(patches.shape[0], -1, -1)
+        x = torch.cat([cls, patches], dim=1)  # (B, 1 + K, D)
+        attns = []
+        for blk in self.blocks:
+            x, a = blk(x, return_cls_attn)
+            if return_cls_attn:
+                attns.append(a)
+        return self.norm(x), attns
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 1 + L, D) tokens of the full image."""
+        x, _ = self.forward_tokens(self.embed_patches(images))
+        return x
+
+    def forward_with_scores(self, images: torch.Tensor, layer: str | int = "mean"):
+        """Encode full images and score each patch by the [CLS] token's attention to it.
+
+        Args:
+            images: (B, 3, H, W).
+            layer: ``"mean"`` (average over all blocks, the authors' choice), ``"last"``, or a
+                block index.
+
+        Returns:
+            tokens (B, 1 + L, D) and scores (B, L) (mean over heads).
+        """
+        tokens, attns = self.forward_tokens(self.embed_patches(images), return_cls_attn=True)
+        per_layer = torch.stack(attns, dim=1)[..., 1:]  # (B, depth, H, L): drop [CLS]->[CLS]
+        return tokens, reduce_cls_attention(per_layer, layer).mean(dim=1)
+
+    def cls_attention(self, images: torch.Tensor) -> torch.Tensor:
+        """Every block's [CLS]-to-patch attention, (B, depth, H, L): the raw maps for pictures."""
+        _, attns = self.forward_tokens(self.embed_patches(images), return_cls_attn=True)
+        return torch.stack(attns, dim=1)[..., 1:]
+
+
+def reduce_cls_attention(per_layer: torch.Tensor, layer: str | int = "mean") -> torch.Tensor:
+    """Pick or average layers of a (B, depth, H, L) attention stack -> (B, H, L)."""
+    if layer == "mean":
+        return per_layer.mean(dim=1)
+    if layer == "last":
+        return per_layer[:, -1]
+    index = int(layer)
+    depth = per_layer.shape[1]
+    if not -depth <= index < depth:
+        raise ValueError(f"layer {index} is out of range for a {depth}-block model")
+    return per_layer[:, index]
