@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from detailclip_cli.errors import UsageError
+
 CONFIG_VERSION = 1
 
 # OpenAI CLIP's normalisation, kept in the config (never hard-coded in the model or data code).
@@ -21,7 +23,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration value or file that cannot be used; the message is one line for people."""
 
 
@@ -37,6 +39,11 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+    # Layout knobs so CLIP-style towers (open_clip, OpenAI) map onto this ViT exactly.
+    pre_norm: bool = False  # a LayerNorm on the token sequence before the first block (CLIP's ln_pre)
+    norm_eps: float = 1e-6
+    act: str = "gelu"  # gelu | quick_gelu
+    patch_bias: bool = True
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -57,6 +64,7 @@ class TextConfig:
     width: int = 512
     heads: int = 8
     layers: int = 12
+    act: str = "gelu"  # gelu | quick_gelu (OpenAI CLIP weights)
 
 
 @dataclass(kw_only=True)
@@ -120,6 +128,9 @@ class ModelConfig:
         ]:
             if width % heads:
                 raise ConfigError(f"{name} width {width} is not divisible by its {heads} heads")
+        for name, act in [("vision", v.act), ("text", self.text.act)]:
+            if act not in ("gelu", "quick_gelu"):
+                raise ConfigError(f"{name} act must be gelu or quick_gelu, not {act!r}")
 
 
 @dataclass(kw_only=True)

@@ -15,7 +15,7 @@ from torch import nn
 from detailclip_cli.core.config import ModelConfig
 from detailclip_cli.core.decoder import PixelDecoder
 from detailclip_cli.core.heads import ProjectionHead
-from detailclip_cli.core.vit import VisionTransformer
+from detailclip_cli.core.vit import QuickGELU, VisionTransformer
 
 
 class DetailCLIP(nn.Module):
@@ -44,6 +44,7 @@ class DetailCLIP(nn.Module):
         self.text = TextTransformer(
             context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
             heads=t.heads, layers=t.layers, output_dim=cfg.embed_dim,
+            act_layer=QuickGELU if t.act == "quick_gelu" else nn.GELU,
         )
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.decoder = None

@@ -53,11 +53,22 @@ class Attention(nn.Module):
         return out, cls_attn
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation OpenAI's CLIP weights were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_act(name: str) -> nn.Module:
+    return QuickGELU() if name == "quick_gelu" else nn.GELU()
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = make_act(act)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,12 +78,12 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, *, eps: float = 1e-6, act: str = "gelu"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor, return_cls_attn: bool = False):
         """(B, N, D) -> (B, N, D), plus (B, H, N) [CLS] attention when asked (else None)."""
@@ -83,10 +94,10 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, width: int):
+    def __init__(self, patch_size: int, width: int, bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, L, D) in row-major grid order."""
@@ -102,11 +113,14 @@ class VisionTransformer(nn.Module):
         self.patch_size = cfg.patch_size
         self.grid_size = cfg.grid_size
         self.width = cfg.width
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, cfg.width))
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio, eps=cfg.norm_eps, act=cfg.act) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -152,7 +166,8 @@ class VisionTransformer(nn.Module):
             (B, H, 1 + K) with each block's [CLS] attention (empty when not asked).
         """
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(patches.shape[0], -1, -1)
-        x = torch.cat([cls, patches], dim=1)  # (B, 1 + K, D)
+        # Per-token norm: applying it to the kept subset equals applying it to the full sequence.
+        x = self.norm_pre(torch.cat([cls, patches], dim=1))  # (B, 1 + K, D)
         attns = []
         for blk in self.blocks:
             x, a = blk(x, return_cls_attn)

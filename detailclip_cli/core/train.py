@@ -1,0 +1,307 @@
+"""The training loop: a generator that yields one :class:`StepInfo` per logged step.
+
+The loop owns the optimiser, the learning-rate schedule, the data order, checkpointing and
+``metrics.jsonl``; it knows nothing about how progress is drawn (the CLI iterates over it).
+
+A run folder holds ``model.safetensors`` + ``config.json`` (the student, loadable on its own),
+``train_state.safetensors`` + ``train_state.json`` (optimiser, teacher, centres, step, RNG
+states), ``metrics.jsonl`` and ``run.json`` (the run's settings).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detailclip_cli import __version__
+from detailclip_cli.core.config import ConfigError, ModelConfig, TrainConfig
+from detailclip_cli.core.io import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_tensors,
+    read_model_config,
+    save_model,
+    save_tensors,
+    write_json,
+)
+from detailclip_cli.core.model import DetailCLIP
+from detailclip_cli.core.objective import DetailCLIPObjective
+from detailclip_cli.errors import WorkFailedError
+
+STATE_FILE = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+METRICS_FILE = "metrics.jsonl"
+RUN_FILE = "run.json"
+
+
+class TrainingError(WorkFailedError):
+    """The run cannot go on (e.g. a non-finite loss); the message is one line for people."""
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after a logged step."""
+
+    step: int  # steps completed
+    total_steps: int
+    losses: dict[str, float]
+    lr: float
+    momentum: float
+    images_per_sec: float
+    elapsed_s: float
+    saved: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; errors clearly for an absent cuda."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], not {device!r}")
+    return torch.device(device)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``cfg.lr`` then a half-cosine down to ``cfg.min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms, embeddings and the logit scale (1-D or scalar)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_embedding = name.endswith(("pos_embed", "cls_token", "positional_embedding", "mask_token"))
+        (no_decay if p.ndim < 2 or is_embedding else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+# -- data order --------------------------------------------------------------------------------
+
+def epoch_order(num_samples: int, epoch: int, seed: int) -> list[int]:
+    """The sample order of an epoch: a permutation seeded by (seed, epoch) alone."""
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    return torch.randperm(num_samples, generator=g).tolist()
+
+
+def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, pin_memory: bool = False) -> Iterator[dict]:
+    """Endless batches from ``start_step`` on, identical to an uninterrupted run's.
+
+    Args:
+        dataset: a ``TwoViewDataset`` (with ``set_epoch``).
+        cfg: batch size, workers, seed.
+        start_step: the first step to produce a batch for (resume point).
+    """
+    from torch.utils.data import DataLoader
+
+    per_epoch = len(dataset) // cfg.batch_size
+    if per_epoch == 0:
+        raise ConfigError(f"the data has {len(dataset)} samples, fewer than one batch of {cfg.batch_size}")
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        dataset.set_epoch(epoch)
+        order = epoch_order(len(dataset), epoch, cfg.seed)[offset * cfg.batch_size: per_epoch * cfg.batch_size]
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, drop_last=True,
+                            num_workers=cfg.workers, pin_memory=pin_memory)
+        for batch in loader:
+            yield batch
+            step += 1
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+def _objective_state(objective: DetailCLIPObjective) -> dict[str, torch.Tensor]:
+    """Everything of the objective but the student model (which has its own file)."""
+    return {k: v for k, v in objective.state_dict().items() if not k.startswith("model.")}
+
+
+def save_checkpoint(out_dir: Path, objective: DetailCLIPObjective, optimizer: torch.optim.Optimizer,
+                    step: int) -> None:
+    """Write the student model and the training state for ``--resume``; each file atomically."""
+    tensors = {f"objective.{k}": v for k, v in _objective_state(objective).items()}
+    opt_state = optimizer.state_dict()
+    for pid, state in opt_state["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"step": str(step)}
+    save_tensors(out_dir / STATE_FILE, tensors, meta)
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    write_json(out_dir / STATE_JSON, {
+        "step": step,
+        "param_groups": opt_state["param_groups"],
+        "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
+        "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    })
+    # The model last: its step tag tells a resume that the state beside it belongs to it.
+    save_model(objective.model, out_dir, metadata=meta)
+
+
+def load_checkpoint(out_dir: Path, objective: DetailCLIPObjective, optimizer: torch.optim.Optimizer) -> int:
+    """Restore a run folder into ``objective`` and ``optimizer``; returns the step to continue from."""
+    out_dir = Path(out_dir)
+    for name in (MODEL_FILE, STATE_FILE, STATE_JSON):
+        if not (out_dir / name).exists():
+            raise ConfigError(f"cannot resume: {out_dir / name} is missing")
+    meta = json.loads((out_dir / STATE_JSON).read_text())
+    model_state = load_tensors(out_dir / MODEL_FILE)
+    objective.model.load_state_dict(model_state)
+    tensors = load_tensors(out_dir / STATE_FILE)
+    objective.load_state_dict(
+        {**{f"model.{k}": v for k, v in objective.model.state_dict().items()},
+         **{k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")}}
+    )
+    opt_state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict(opt_state)
+    torch.set_rng_state(tensors["rng.torch"])
+    py = meta["rng_python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = meta["rng_numpy"]
+    np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
+    return int(meta["step"])
+
+
+def read_run_settings(out_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """The model config, training config and other settings a run folder was started with."""
+    path = Path(out_dir) / RUN_FILE
+    if not path.exists():
+        raise ConfigError(f"cannot resume: {path} is missing (not a run folder)")
+    settings = json.loads(path.read_text())
+    return read_model_config(out_dir), TrainConfig.from_dict(settings["train"]), settings
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
+          device: str = "auto", resume: bool = False, settings: dict[str, Any] | None = None) -> Iterator[StepInfo]:
+    """Pretrain DetailCLIP, yielding a :class:`StepInfo` every ``cfg.log_every`` steps.
+
+    Args:
+        model_cfg: the model to build.
+        cfg: the training settings.
+        data: a data spec for :func:`read_samples` (``"demo"``, a folder, a CSV/TSV file).
+        out_dir: the run folder (created).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        resume: continue the run in ``out_dir`` from its last checkpoint.
+        settings: extra settings to record in ``run.json``.
+
+    Raises:
+        TrainingError: a loss became non-finite (the last good checkpoint is kept).
+    """
+    from detailclip_cli.core.data import AugmentConfig, TwoViewDataset, read_samples
+
+    model_cfg.validate()
+    cfg.validate(model_cfg)
+    dev = resolve_device(device)
+    out_dir = Path(out_dir)
+    samples = read_samples(data, split="train")
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = DetailCLIP(model_cfg)
+    objective = DetailCLIPObjective(model, cfg).to(dev)
+    optimizer = build_optimizer(model, cfg)
+
+    start = 0
+    if resume:
+        start = load_checkpoint(out_dir, objective, optimizer)
+        _truncate_metrics(out_dir / METRICS_FILE, start)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
+        write_json(out_dir / RUN_FILE, {
+            "data": str(data), "device": str(dev), "detailclip_version": __version__,
+            "torch_version": torch.__version__, **(settings or {}),
+            "model": model_cfg.to_dict(), "train": cfg.to_dict(),
+        })
+
+    v = model_cfg.vision
+    dataset = TwoViewDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std,
+                             aug=AugmentConfig.for_image_size(v.image_size),
+                             tokenize=model.tokenize, seed=cfg.seed)
+    batches = iterate_batches(dataset, cfg, start, pin_memory=dev.type == "cuda")
+    use_amp = dev.type == "cuda"  # bf16 only on GPU: on CPU it is far slower than fp32
+
+    objective.train()
+    t_start = time.perf_counter()
+    t_log, n_since_log = t_start, 0
+    for step in range(start, cfg.steps):
+        batch = next(batches)
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        view1, view2, text = (batch[k].to(dev, non_blocking=True) for k in ("view1", "view2", "text"))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            losses = objective(view1, view2, text, step=step)
+        bad = [k for k, val in losses.items() if k != "loss" and not torch.isfinite(val)]
+        if bad or not torch.isfinite(losses["loss"]):
+            term = bad[0] if bad else "loss"
+            raise TrainingError(
+                f"the {term} loss became {losses[term].item()} at step {step + 1}; "
+                f"stopped, the last good checkpoint in {out_dir} is kept"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        momentum = objective.update_teacher(step)
+        n_since_log += view1.shape[0]
+
+        done = step + 1
+        saved = done % cfg.save_every == 0 or done == cfg.steps
+        if saved:
+            save_checkpoint(out_dir, objective, optimizer, done)
+        if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
+            now = time.perf_counter()
+            info = StepInfo(
+                step=done, total_steps=cfg.steps, losses={k: val.item() for k, val in losses.items()},
+                lr=lr, momentum=momentum, images_per_sec=n_since_log / max(now - t_log, 1e-9),
+                elapsed_s=now - t_start, saved=saved,
+                extra={"logit_scale": model.scale().item(),
+                       "teacher_temp_patch": objective.teacher_temp_patch(step)},
+            )
+            t_log, n_since_log = now, 0
+            _append_metrics(out_dir / METRICS_FILE, info)
+            yield info
+
+
+def _append_metrics(path: Path, info: StepInfo) -> None:
+    record = {"step": info.step, **info.losses, "lr": info.lr, "momentum": info.momentum,
+              "images_per_sec": round(info.images_per_sec, 3), "elapsed_s": round(info.elapsed_s, 3),
+              **info.extra}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after ``step`` (a resumed run logs them again)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in lines))

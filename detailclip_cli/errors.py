@@ -1,0 +1,19 @@
+"""Errors meant for people: one line each, mapped to the CLI's exit codes (torch-free module)."""
+
+
+class DetailclipError(Exception):
+    """Base of the errors the CLI prints as one line; ``exit_code`` follows CLI.md."""
+
+    exit_code = 1
+
+
+class UsageError(DetailclipError):
+    """A bad value, option, file or folder given by the user (exit code 2)."""
+
+    exit_code = 2
+
+
+class WorkFailedError(DetailclipError):
+    """The work itself failed (exit code 1)."""
+
+    exit_code = 1

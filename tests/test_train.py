@@ -1,0 +1,108 @@
+"""The training loop on the demo data: it learns, it resumes exactly, it checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from detailclip_cli.core.config import TrainConfig, load_preset
+from detailclip_cli.core.io import load_model
+from detailclip_cli.core.train import TrainingError, lr_at, train
+
+
+def small_configs(**train_overrides):
+    model_cfg, train_cfg = load_preset("tiny")
+    model_cfg.vision.depth = 2
+    model_cfg.head.out_dim = 256
+    train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "batch_size": 8, "steps": 6,
+                                       "warmup_steps": 2, "log_every": 1, "save_every": 3,
+                                       **train_overrides})
+    return model_cfg, train_cfg
+
+
+def test_short_run_lowers_the_loss(demo_cache, tmp_path):
+    model_cfg, train_cfg = small_configs(steps=40, batch_size=16, lr=2e-3, warmup_steps=4, save_every=40)
+    infos = list(train(model_cfg, train_cfg, data="demo", out_dir=tmp_path / "run", device="cpu"))
+    losses = [i.losses["loss"] for i in infos]
+    assert len(losses) == 40
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.5, (first, last)
+    assert infos[-1].losses["rec"] < infos[0].losses["rec"]
+    # Every logged step is in metrics.jsonl with each named loss.
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 41))
+    assert {"loss", "clip", "rec", "cls", "patch", "lr", "images_per_sec"} <= set(records[0])
+
+
+def test_resume_reaches_the_same_weights(demo_cache, tmp_path):
+    model_cfg, train_cfg = small_configs(removal="random")
+    full = list(train(model_cfg, train_cfg, out_dir=tmp_path / "full", device="cpu"))
+    assert full[-1].step == 6
+
+    part = tmp_path / "part"
+    for info in train(model_cfg, train_cfg, out_dir=part, device="cpu"):
+        if info.step == 3:  # checkpoint at step 3, then "crash"
+            break
+    resumed = list(train(model_cfg, train_cfg, out_dir=part, device="cpu", resume=True))
+    assert [i.step for i in resumed] == [4, 5, 6]
+    for a, b in zip(full[3:], resumed):
+        assert a.losses == pytest.approx(b.losses, abs=1e-6)
+
+    a, b = load_model(tmp_path / "full"), load_model(part)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    # The teacher and centres (train state) match too.
+    from safetensors.torch import load_file
+
+    sa, sb = load_file(tmp_path / "full" / "train_state.safetensors"), load_file(part / "train_state.safetensors")
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if not k.startswith("rng."):
+            assert torch.equal(sa[k], sb[k]), k
+    # metrics.jsonl has each step once.
+    steps = [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_run_folder_contents_and_model_roundtrip(demo_cache, tmp_path):
+    model_cfg, train_cfg = small_configs(steps=2, save_every=2)
+    list(train(model_cfg, train_cfg, out_dir=tmp_path, device="cpu"))
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"model.safetensors", "config.json", "train_state.safetensors", "train_state.json",
+            "metrics.jsonl", "run.json"} <= names
+    model = load_model(tmp_path)
+    assert model.cfg == model_cfg
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["train"]["steps"] == 2 and run["data"] == "demo"
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(demo_cache, tmp_path, monkeypatch):
+    model_cfg, train_cfg = small_configs(steps=6, save_every=2)
+    from detailclip_cli.core import objective as obj_mod
+
+    real_forward = obj_mod.DetailCLIPObjective.forward
+
+    def poisoned(self, *args, step, **kwargs):
+        out = real_forward(self, *args, step=step, **kwargs)
+        if step == 3:
+            out["rec"] = out["rec"] * float("nan")
+            out["loss"] = out["loss"] + out["rec"]
+        return out
+
+    monkeypatch.setattr(obj_mod.DetailCLIPObjective, "forward", poisoned)
+    with pytest.raises(TrainingError, match="rec loss became nan at step 4"):
+        list(train(model_cfg, train_cfg, out_dir=tmp_path, device="cpu"))
+    state = json.loads((tmp_path / "train_state.json").read_text())
+    assert state["step"] == 2
+    load_model(tmp_path)  # still loadable
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr=0.0)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.5)
+    assert lr_at(100, cfg) == pytest.approx(0.0)
