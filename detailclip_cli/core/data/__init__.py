@@ -1,0 +1,44 @@
+"""The data layer: readers for user data specs, the built-in demo set, transforms, datasets."""
+
+from detailclip_cli.core.data.dataset import EvalDataset, TwoViewDataset, item_seed
+from detailclip_cli.core.data.demo import DEMO_VERSION, default_cache_dir, demo_root, generate_demo
+from detailclip_cli.core.data.readers import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    Sample,
+    class_names,
+    is_image_file,
+    load_image,
+    load_mask,
+    read_samples,
+)
+from detailclip_cli.core.data.transforms import (
+    AugmentConfig,
+    make_eval_geometry,
+    make_eval_transform,
+    make_normalize,
+    make_view_transform,
+)
+
+__all__ = [
+    "DEMO_VERSION",
+    "IMAGE_EXTENSIONS",
+    "AugmentConfig",
+    "DataError",
+    "EvalDataset",
+    "Sample",
+    "TwoViewDataset",
+    "class_names",
+    "default_cache_dir",
+    "demo_root",
+    "generate_demo",
+    "is_image_file",
+    "item_seed",
+    "load_image",
+    "load_mask",
+    "make_eval_geometry",
+    "make_eval_transform",
+    "make_normalize",
+    "make_view_transform",
+    "read_samples",
+]

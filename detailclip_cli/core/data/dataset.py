@@ -1,0 +1,159 @@
+"""PyTorch datasets over :class:`Sample` lists: two augmented views for training, one for eval."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from detailclip_cli.core.data.readers import DataError, Sample, load_image, load_mask
+from detailclip_cli.core.data.transforms import (
+    AugmentConfig,
+    make_eval_geometry,
+    make_normalize,
+    make_view_transform,
+)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends only on ``(seed, epoch, index)``.
+
+    ``SeedSequence`` mixes the three numbers so neighbouring items and epochs get unrelated
+    streams (``seed + index`` would make epoch e item i+1 equal epoch e+1 item i).
+    """
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class TwoViewDataset(Dataset):
+    """Two augmented global views and the tokenised caption of each sample.
+
+    The random draws for item ``i`` depend only on ``(seed, epoch, i)``: each item seeds a
+    forked copy of torch's generator, so a resumed run sees exactly the views the interrupted
+    one would have, in the main process and in ``DataLoader`` workers alike, and the caller's
+    global RNG state is left untouched. Call :meth:`set_epoch` before iterating each epoch;
+    workers copy the dataset when an iterator starts, so with ``persistent_workers=True`` the
+    epoch they see is frozen and the views repeat.
+
+    Args:
+        samples: the examples.
+        image_size: side of the square views.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        aug: augmentation strengths.
+        tokenize: maps a list of ``n`` captions to token ids ``(n, context)``; when ``None``
+            no ``text`` is returned.
+        seed: base seed of the augmentation.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        aug: AugmentConfig,
+        tokenize: Callable[[list[str]], torch.Tensor] | None,
+        seed: int,
+    ) -> None:
+        if not samples:
+            raise DataError("no samples to train on")
+        self.samples = list(samples)
+        self.tokenize = tokenize
+        self.seed = int(seed)
+        self.epoch = 0
+        self.view1 = make_view_transform(image_size=image_size, mean=mean, std=std, aug=aug, view=1)
+        self.view2 = make_view_transform(image_size=image_size, mean=mean, std=std, aug=aug, view=2)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """One example.
+
+        Returns:
+            ``view1`` and ``view2`` float ``(3, H, W)``; ``text`` long ``(context,)`` when a
+            tokenizer was given; ``index`` long scalar.
+        """
+        sample = self.samples[i]
+        image = load_image(sample.image)
+        # fork_rng restores the global CPU generator on exit; devices=[] keeps it off CUDA.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, self.epoch, i))
+            view1 = self.view1(image)
+            view2 = self.view2(image)
+        item = {"view1": view1, "view2": view2, "index": torch.tensor(i, dtype=torch.long)}
+        if self.tokenize is not None:
+            item["text"] = self.tokenize([sample.caption])[0].long()  # (1, context) -> (context,)
+        return item
+
+
+class EvalDataset(Dataset):
+    """One deterministic view per sample, with its mask and label when known.
+
+    Args:
+        samples: the examples.
+        image_size: side of the square output (shorter side resized, then centre crop).
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        classes: class names in label order; when given, samples with a label also return
+            ``label`` (its index).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        if not samples:
+            raise DataError("no samples to evaluate")
+        self.samples = list(samples)
+        self.geometry = make_eval_geometry(image_size=image_size)
+        self.normalize = make_normalize(mean=mean, std=std)
+        self.class_index = {name: k for k, name in enumerate(classes)} if classes is not None else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """One example.
+
+        Returns:
+            ``image`` float ``(3, H, W)``; ``index`` long scalar; ``mask`` long ``(H, W)`` (class
+            ids, same resize and crop as the image, nearest-neighbour) when the sample has one;
+            ``label`` long scalar when classes were given and the sample has a label.
+        """
+        sample = self.samples[i]
+        image = load_image(sample.image)
+        item: dict[str, torch.Tensor] = {"index": torch.tensor(i, dtype=torch.long)}
+        if sample.mask is not None:
+            mask = load_mask(sample.mask)
+            if mask.shape != (image.height, image.width):
+                raise DataError(
+                    f"mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                    f"{image.width}x{image.height}"
+                )
+            # Passing both through one call gives them the same geometry; v2 resizes a Mask
+            # with nearest neighbour so class ids are never blended.
+            image, mask = self.geometry(image, tv_tensors.Mask(torch.from_numpy(mask)))
+            item["mask"] = mask.as_subclass(torch.Tensor).long()  # (H, W)
+        else:
+            image = self.geometry(image)
+        item["image"] = self.normalize(image)
+        if self.class_index is not None and sample.label is not None:
+            if sample.label not in self.class_index:
+                raise DataError(f"label {sample.label!r} of {sample.image} is not among the classes")
+            item["label"] = torch.tensor(self.class_index[sample.label], dtype=torch.long)
+        return item

@@ -1,0 +1,178 @@
+"""Image transforms: two augmented global views for training, one deterministic view for eval.
+
+All randomness comes from torch's global generator (torchvision's transforms draw from it), so
+a caller that seeds it per item gets reproducible views; see ``TwoViewDataset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
+
+# The photos the reference recipes were tuned on are 224 px wide; tiny images scale from there.
+REFERENCE_IMAGE_SIZE = 224
+SMALL_IMAGE_SIZE = 96
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """Augmentation strengths for the two global views (BYOL / DINO recipe).
+
+    Attributes:
+        crop_scale: area fraction range of the random resized crop.
+        crop_ratio: aspect ratio range of the random resized crop.
+        hflip: probability of a horizontal flip.
+        color_jitter: strength ``s``: brightness and contrast ``s``, saturation ``s / 2``,
+            hue ``s / 4``; 0 turns jitter off.
+        color_jitter_prob: probability that jitter is applied at all.
+        grayscale: probability of converting to grey.
+        blur: Gaussian-blur probability for view 1 and view 2. The views are deliberately
+            asymmetric (one nearly always blurred, the other rarely), as in BYOL and DINO.
+        blur_sigma: range of the blur's standard deviation, in pixels.
+        solarize: solarisation probability for view 1 and view 2 (asymmetric, as ``blur``).
+    """
+
+    crop_scale: tuple[float, float] = (0.14, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    color_jitter_prob: float = 0.8
+    grayscale: float = 0.2
+    blur: tuple[float, float] = (1.0, 0.1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize: tuple[float, float] = (0.0, 0.2)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        probabilities = {
+            "hflip": (self.hflip,),
+            "color_jitter_prob": (self.color_jitter_prob,),
+            "grayscale": (self.grayscale,),
+            "blur": self.blur,
+            "solarize": self.solarize,
+        }
+        for name, values in probabilities.items():
+            if not all(0.0 <= p <= 1.0 for p in values):
+                raise ValueError(f"{name} must be probabilities in [0, 1], got {values}")
+        if self.color_jitter < 0:
+            raise ValueError(f"color_jitter must be >= 0, got {self.color_jitter}")
+
+    @classmethod
+    def for_image_size(cls, image_size: int) -> AugmentConfig:
+        """Defaults adjusted to the training resolution.
+
+        At 96 px and below a 14 % crop is a few dozen pixels: too little of the image for two
+        views to share content, so the smallest crop grows to 35 %. Blur radii are set for
+        224 px photos; on tiny images they would erase fine strokes, so sigma shrinks with
+        the image (the kernel size already follows the image size in
+        :func:`make_view_transform`).
+
+        Args:
+            image_size: side of the square training views, in pixels.
+        """
+        config = cls()
+        if image_size <= SMALL_IMAGE_SIZE:
+            sigma_max = max(0.5, config.blur_sigma[1] * image_size / REFERENCE_IMAGE_SIZE)
+            config = replace(config, crop_scale=(0.35, 1.0), blur_sigma=(config.blur_sigma[0], sigma_max))
+        return config
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """An odd kernel about a tenth of the image side (23 px at 224, as in BYOL), at least 3."""
+    k = max(3, int(round(0.1 * image_size)))
+    return k if k % 2 == 1 else k + 1
+
+
+def make_view_transform(
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    aug: AugmentConfig,
+    view: int,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The augmentation pipeline of one of the two global views.
+
+    Args:
+        image_size: side of the square output.
+        mean: per-channel normalisation mean (of the model being trained).
+        std: per-channel normalisation std.
+        aug: augmentation strengths.
+        view: 1 or 2; selects the per-view blur and solarisation probabilities.
+
+    Returns:
+        A callable mapping an RGB PIL image to a normalised float tensor ``(3, image_size,
+        image_size)``.
+    """
+    if view not in (1, 2):
+        raise ValueError(f"view must be 1 or 2, got {view}")
+    blur_p = aug.blur[view - 1]
+    solarize_p = aug.solarize[view - 1]
+    s = aug.color_jitter
+    steps: list[Callable] = [
+        # uint8 tensors from here on: v2's tensor kernels are fast and antialiased.
+        v2.ToImage(),
+        v2.RandomResizedCrop(
+            image_size,
+            scale=aug.crop_scale,
+            ratio=aug.crop_ratio,
+            interpolation=InterpolationMode.BICUBIC,
+            antialias=True,
+        ),
+        v2.RandomHorizontalFlip(p=aug.hflip),
+    ]
+    if s > 0 and aug.color_jitter_prob > 0:
+        jitter = v2.ColorJitter(brightness=s, contrast=s, saturation=s / 2, hue=min(0.5, s / 4))
+        steps.append(v2.RandomApply([jitter], p=aug.color_jitter_prob))
+    if aug.grayscale > 0:
+        steps.append(v2.RandomGrayscale(p=aug.grayscale))
+    if blur_p > 0:
+        blur = v2.GaussianBlur(kernel_size=blur_kernel_size(image_size), sigma=aug.blur_sigma)
+        steps.append(v2.RandomApply([blur], p=blur_p))
+    if solarize_p > 0:
+        steps.append(v2.RandomSolarize(threshold=128, p=solarize_p))  # uint8 mid-grey
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    return v2.Compose(steps)
+
+
+def make_eval_geometry(*, image_size: int) -> Callable:
+    """Resize the shorter side to ``image_size``, then centre-crop a square.
+
+    Works on PIL images and on ``tv_tensors`` jointly, so a ``tv_tensors.Mask`` passed with the
+    image gets the same geometry (with nearest-neighbour resizing).
+    """
+    return v2.Compose(
+        [
+            v2.Resize(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(image_size),
+        ]
+    )
+
+
+def make_normalize(*, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """PIL image or uint8 image tensor -> normalised float tensor ``(3, H, W)``."""
+    return v2.Compose(
+        [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    )
+
+
+def make_eval_transform(
+    *, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The deterministic evaluation transform.
+
+    Args:
+        image_size: side of the square output.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+
+    Returns:
+        A callable mapping an RGB PIL image to a float tensor ``(3, image_size, image_size)``.
+    """
+    return v2.Compose([make_eval_geometry(image_size=image_size), make_normalize(mean=mean, std=std)])
