@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from detailclip_cli.cli._common import DataOpt, DeviceOpt, OutOpt, SeedOpt, WorkersOpt, err_console
+from detailclip_cli.cli._common import DataOpt, DeviceOpt, OutOpt, SeedOpt, WorkersOpt, err_console, StepProgress
 
 
 def pretrain(
@@ -99,29 +99,20 @@ def pretrain(
 
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, settings: dict) -> None:
     """Drive the core training loop and draw its progress on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from detailclip_cli.core.train import train
 
     console = err_console()
-    model_cfg.validate()
-    train_cfg.validate(model_cfg)
+    steps = train(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, resume=resume, settings=settings)
     mechanisms = [
         f"removal={train_cfg.removal}" + (f" keep={train_cfg.keep_ratio} block={train_cfg.block_size}" if train_cfg.removal != "none" else ""),
         "distill=" + ("on" if model_cfg.head else "off"),
         "reconstruct=" + ("on" if model_cfg.decoder else "off"),
     ]
     console.print(f"[bold]detailclip pretrain[/bold] -> {out_dir}  ({', '.join(mechanisms)})")
-    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}")]
     last = None
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("loading", total=train_cfg.steps, stats="")
-        for info in train(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, resume=resume,
-                          settings=settings):
-            stats = "  ".join(f"{k} {v:.3f}" for k, v in info.losses.items())
-            stats += f"  lr {info.lr:.2e}  {info.images_per_sec:.0f} img/s"
-            progress.update(task, completed=info.step, description="train", stats=stats)
+    with StepProgress(console, train_cfg.steps) as progress:
+        for info in steps:
+            progress.show(info)
             last = info
     if last is not None:
         console.print(

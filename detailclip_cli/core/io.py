@@ -82,7 +82,12 @@ def save_model(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype | Non
 def read_model_config(folder: Path) -> ModelConfig:
     path = Path(folder) / CONFIG_FILE
     try:
-        return ModelConfig.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{path} must hold a JSON object")
+        cfg = ModelConfig.from_dict(data)
+        cfg.validate()
+        return cfg
     except FileNotFoundError:
         raise ModelLoadError(f"{path} not found: not a model folder") from None
     except (json.JSONDecodeError, UnicodeDecodeError):

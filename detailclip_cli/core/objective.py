@@ -64,7 +64,9 @@ class DetailCLIPObjective(nn.Module):
     def teacher_temp_patch(self, step: int) -> float:
         """Linear warm-up of the patch teacher temperature over the first part of training."""
         c = self.cfg
-        warm = max(1, int(c.teacher_temp_warmup_frac * c.steps))
+        warm = int(c.teacher_temp_warmup_frac * c.steps)
+        if warm <= 0:
+            return c.teacher_temp_patch
         t = min(step / warm, 1.0)
         return c.teacher_temp_patch_warmup + t * (c.teacher_temp_patch - c.teacher_temp_patch_warmup)
 

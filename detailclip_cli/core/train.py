@@ -10,6 +10,7 @@ states), ``metrics.jsonl`` and ``run.json`` (the run's settings).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -198,7 +199,10 @@ def read_run_settings(out_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
           device: str = "auto", resume: bool = False, settings: dict[str, Any] | None = None) -> Iterator[StepInfo]:
-    """Pretrain DetailCLIP, yielding a :class:`StepInfo` every ``cfg.log_every`` steps.
+    """Pretrain DetailCLIP: set the run up now, and return a generator of its steps.
+
+    The returned iterator yields a :class:`StepInfo` every ``cfg.log_every`` steps. Bad data,
+    configs or resume folders raise here, before any step runs.
 
     Args:
         model_cfg: the model to build.
@@ -210,7 +214,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
         settings: extra settings to record in ``run.json``.
 
     Raises:
-        TrainingError: a loss became non-finite (the last good checkpoint is kept).
+        ConfigError, DataError: at the call, for unusable settings or data.
+        TrainingError: while iterating, a loss became non-finite (the last good checkpoint is kept).
     """
     from detailclip_cli.core.data import AugmentConfig, TwoViewDataset, read_samples
 
@@ -219,6 +224,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
     dev = resolve_device(device)
     out_dir = Path(out_dir)
     samples = read_samples(data, split="train")
+    if len(samples) < cfg.batch_size:
+        raise ConfigError(f"the data has {len(samples)} samples, fewer than one batch of {cfg.batch_size}")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -241,12 +248,22 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
         })
 
     v = model_cfg.vision
-    dataset = TwoViewDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std,
-                             aug=AugmentConfig.for_image_size(v.image_size),
+    aug = AugmentConfig.for_image_size(v.image_size)
+    if str(data) == "demo":
+        # Demo captions say "left"/"right" and digits are chiral: a mirrored view would lie.
+        aug = dataclasses.replace(aug, hflip=0.0)
+    dataset = TwoViewDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std, aug=aug,
                              tokenize=model.tokenize, seed=cfg.seed)
     batches = iterate_batches(dataset, cfg, start, pin_memory=dev.type == "cuda")
-    use_amp = dev.type == "cuda"  # bf16 only on GPU: on CPU it is far slower than fp32
+    # Setup errors (data, config, resume) surface here, at the call; the steps run on iteration.
+    return _loop(objective, optimizer, batches, cfg=cfg, start=start, device=dev, out_dir=out_dir)
 
+
+def _loop(objective: DetailCLIPObjective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
+          cfg: TrainConfig, start: int, device: torch.device, out_dir: Path) -> Iterator[StepInfo]:
+    """The steps themselves: forward, finiteness check, backward, optimiser, EMA, checkpoint, log."""
+    model, dev = objective.model, device
+    use_amp = dev.type == "cuda"  # bf16 only on GPU: on CPU it is far slower than fp32
     objective.train()
     t_start = time.perf_counter()
     t_log, n_since_log = t_start, 0
@@ -289,6 +306,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
             t_log, n_since_log = now, 0
             _append_metrics(out_dir / METRICS_FILE, info)
             yield info
+
+
 
 
 def _append_metrics(path: Path, info: StepInfo) -> None:

@@ -1,0 +1,120 @@
+"""``detailclip attn-map``: the [CLS] attention that chooses which tokens pretraining removes."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from detailclip_cli.cli._common import err_console
+from detailclip_cli.cli._use import (
+    BatchSizeOpt,
+    BlockSizeOpt,
+    ImageFeed,
+    ImagesArg,
+    KeepRatioOpt,
+    LayerOpt,
+    ModelOpt,
+    OutputOpt,
+    PictureOrJson,
+    PretrainedOpt,
+    UseDeviceOpt,
+    finish,
+    gather_images,
+    load_model,
+    run_defaults,
+    unique_name,
+    write_json,
+)
+
+
+class Heads(str, Enum):
+    mean = "mean"
+    each = "each"
+
+
+def attn_map(
+    images: ImagesArg = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    layer: LayerOpt = None,
+    heads: Annotated[Heads, typer.Option("--heads", help="mean: one map averaged over heads; each: also one map per head.")] = Heads.mean,
+    keep_ratio: KeepRatioOpt = 0.5,
+    block_size: BlockSizeOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the PNGs (one <name>.attn.png per image).")] = Path("attn-maps"),
+    fmt: Annotated[PictureOrJson, typer.Option("--format", "-f", help="png: pictures in --out (their paths on stdout); json: score grids and kept masks on stdout.")] = PictureOrJson.png,
+    output: OutputOpt = None,
+    batch_size: BatchSizeOpt = 32,
+    device: UseDeviceOpt = "auto",
+) -> None:
+    """Show where the [CLS] token looks, and which patches token removal keeps.
+
+    The scores are the ones pretraining uses to remove tokens ([CLS]-to-patch attention of the
+    chosen layer(s), averaged over heads); the mask is what removal gives at --keep-ratio and
+    --block-size. Images are resized (shorter side) and centre-cropped to the model's size.
+
+    [bold]Examples[/bold]
+
+      detailclip attn-map photo.jpg --model runs/demo --out maps/
+
+      detailclip attn-map imgs/ --layer last --heads each --keep-ratio 0.25
+
+      detailclip attn-map photo.jpg --format json > scores.json
+    """
+    console = err_console()
+    paths, failed = gather_images(images, console)
+    if not paths:
+        finish(failed)
+        return
+
+    from detailclip_cli.core.inference import attention_maps, check_removal, to_pixels
+
+    net = load_model(model, pretrained, device, console)
+    layer, block_size = run_defaults(model, net, layer=layer, block_size=block_size)
+    check_removal(net, keep_ratio, block_size)
+    v = net.cfg.vision
+
+    records, used = [], set()
+    feed = ImageFeed(net, paths, batch_size=batch_size, console=console, description="attention")
+    for batch in feed:
+        maps = attention_maps(net, batch.images, layer=layer, keep_ratio=keep_ratio, block_size=block_size)
+        if fmt == PictureOrJson.json:
+            for i, path in enumerate(batch.paths):
+                record = {"path": str(path), "scores": _rounded(maps.scores[i]),
+                          "kept": (~maps.removed[i]).tolist()}
+                if heads == Heads.each:
+                    record["heads"] = _rounded(maps.per_head[i])
+                records.append(record)
+            continue
+        from detailclip_cli.plots import attention_figure
+
+        pixels = to_pixels(batch.images, v.mean, v.std).cpu()
+        out.mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(batch.paths):
+            fig = attention_figure(
+                pixels[i], maps.scores[i].cpu(), maps.removed[i].cpu(),
+                per_head=maps.per_head[i].cpu() if heads == Heads.each else None,
+                title=f"{path.name}  (layer {layer})", keep_ratio=keep_ratio, block_size=block_size,
+            )
+            target = out / unique_name(path, ".attn.png", used)
+            fig.savefig(target, dpi=120)
+            print(target, flush=True)
+
+    if fmt == PictureOrJson.json:
+        write_json({
+            "model": model or "assets/detailclip-tiny", "layer": layer, "keep_ratio": keep_ratio,
+            "block_size": block_size, "image_size": v.image_size, "patch_size": v.patch_size,
+            "grid": list(net.visual.grid_size), "images": records,
+        }, output)
+    finish(failed + feed.failed)
+
+
+def _rounded(values) -> list:
+    """A tensor as nested lists of floats rounded to 6 decimals (compact JSON)."""
+
+    def walk(x):
+        return [walk(y) for y in x] if isinstance(x, list) else round(x, 6)
+
+    return walk(values.float().cpu().tolist())

@@ -1,0 +1,197 @@
+"""``detailclip zero-shot``: classify images against text labels, or evaluate on a labelled set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from detailclip_cli.cli._common import OutOpt, err_console
+from detailclip_cli.cli._use import (
+    BatchSizeOpt,
+    ImagesArg,
+    ModelOpt,
+    OutputOpt,
+    PretrainedOpt,
+    ResultFormat,
+    UseDeviceOpt,
+    finish,
+    gather_images,
+    ImageFeed,
+    load_model,
+    print_tables,
+    progress_bar,
+    say,
+    write_csv,
+    write_json,
+    write_jsonl,
+)
+from detailclip_cli.errors import UsageError
+
+TABLE_TOP_K = 5  # ranked labels shown per image in a table or CSV unless --top-k says otherwise
+
+
+def zero_shot(
+    images: ImagesArg = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. \"cat,dog,bird\".", show_default=False)] = None,
+    labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="A file with one label per line.", show_default=False)] = None,
+    templates: Annotated[Optional[str], typer.Option("--templates", help="Prompt templates: default, openai_imagenet, simple_imagenet, or a file with one template per line containing {}.", show_default=False)] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="Ranked labels per image (default: 5 in tables and CSV, all labels in JSON).", show_default=False)] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Evaluate on a labelled set instead: a folder of class sub-folders (its val/ split when present) or 'demo'.", show_default=False)] = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    fmt: Annotated[ResultFormat, typer.Option("--format", "-f", help="table for people; json (one document), jsonl (one object per image) or csv (--eval: table or json).")] = ResultFormat.table,
+    output: OutputOpt = None,
+    out: OutOpt = None,
+    batch_size: BatchSizeOpt = 32,
+    device: UseDeviceOpt = "auto",
+) -> None:
+    """Zero-shot classification: rank text labels for each image.
+
+    Each label becomes prompts from the templates ("a photo of a {}."); an image's
+    probabilities are the softmax of the scaled cosine similarity to each label's mean prompt
+    embedding. With --eval, report top-1, top-5 and mean per-class recall on a labelled set,
+    a per-class table, and a confusion-matrix PNG (in --out, or beside --output).
+
+    [bold]Examples[/bold]
+
+      detailclip zero-shot photos/ --labels "cat,dog,bird" --top-k 2
+
+      find imgs -name '*.jpg' | detailclip zero-shot - --labels-file labels.txt --format jsonl
+
+      detailclip zero-shot --eval demo --model runs/demo --out reports/
+    """
+    console = err_console()
+    if eval_data is not None:
+        if images:
+            raise UsageError("give images to classify or --eval DATA, not both")
+        if labels or labels_file:
+            raise UsageError("--eval takes its labels from the data's class folders; drop --labels")
+        if fmt not in (ResultFormat.table, ResultFormat.json):
+            raise UsageError("--eval writes --format table or json")
+        run_eval(eval_data, model=model, pretrained=pretrained, templates=templates, fmt=fmt,
+                 output=output, out=out, batch_size=batch_size, device=device, console=console)
+        return
+
+    label_list = read_labels(labels, labels_file)
+    paths, failed = gather_images(images, console)
+    if not paths:
+        finish(failed)
+        return
+
+    from detailclip_cli.core.inference import build_classifier, classify, resolve_templates
+
+    template_list = resolve_templates(templates)
+    net = load_model(model, pretrained, device, console)
+    classifier = build_classifier(net, label_list, template_list)
+    k = min(top_k or (len(label_list) if fmt in (ResultFormat.json, ResultFormat.jsonl) else TABLE_TOP_K),
+            len(label_list))
+
+    records = []
+    feed = ImageFeed(net, paths, batch_size=batch_size, console=console, description="classify")
+    for batch in feed:
+        probs = classify(net, batch.images, classifier).cpu()  # (B, C)
+        top = probs.topk(k, dim=1)
+        for path, values, indices in zip(batch.paths, top.values.tolist(), top.indices.tolist()):
+            ranked = [{"label": label_list[i], "prob": round(p, 6)} for p, i in zip(values, indices)]
+            records.append({"path": str(path), "label": ranked[0]["label"], "prob": ranked[0]["prob"],
+                            "ranked": ranked})
+
+    emit(records, fmt, output)
+    finish(failed + feed.failed)
+
+
+def read_labels(labels: str | None, labels_file: Path | None) -> list[str]:
+    from detailclip_cli.core.inference import parse_labels
+
+    if labels is None and labels_file is None:
+        raise UsageError("give --labels \"a,b,c\" or --labels-file FILE (or --eval DATA)")
+    if labels is not None and labels_file is not None:
+        raise UsageError("give --labels or --labels-file, not both")
+    if labels_file is not None:
+        try:
+            text = labels_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read --labels-file {labels_file}: {exc.strerror or exc}") from None
+        return parse_labels(text, source=str(labels_file), one_per_line=True)
+    return parse_labels(labels)
+
+
+def emit(records: list[dict], fmt: ResultFormat, output: Path | None) -> None:
+    if fmt == ResultFormat.json:
+        write_json(records, output)
+    elif fmt == ResultFormat.jsonl:
+        write_jsonl(records, output)
+    elif fmt == ResultFormat.csv:
+        rows = [(r["path"], rank, e["label"], e["prob"]) for r in records
+                for rank, e in enumerate(r["ranked"], start=1)]
+        write_csv(("path", "rank", "label", "prob"), rows, output)
+    else:
+        from rich.table import Table
+
+        table = Table(title="zero-shot", title_justify="left")
+        table.add_column("image", overflow="fold")
+        table.add_column("label", style="bold")
+        table.add_column("prob", justify="right")
+        table.add_column("next", style="dim")
+        for r in records:
+            rest = ", ".join(f"{e['label']} {e['prob']:.3f}" for e in r["ranked"][1:])
+            table.add_row(r["path"], r["label"], f"{r['prob']:.3f}", rest)
+        print_tables([table], output)
+
+
+def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch_size, device, console) -> None:
+    """``--eval``: zero-shot metrics on a labelled set and a confusion-matrix picture."""
+    from detailclip_cli.core.inference import eval_samples, evaluate_zero_shot, resolve_templates
+
+    samples, classes = eval_samples(data)
+    template_list = resolve_templates(templates)
+    net = load_model(model, pretrained, device, console)
+    say(console, f"zero-shot on {data}: {len(samples)} images, {len(classes)} classes, "
+        f"{len(template_list)} templates")
+    with progress_bar(console, len(samples), "evaluate") as advance:
+        report = evaluate_zero_shot(net, samples, classes, template_list, batch_size=batch_size, on_batch=advance)
+
+    picture = None
+    if out is not None:
+        picture = out / "confusion.png"
+    elif output is not None:
+        picture = output.with_name(output.stem + ".confusion.png")
+    if picture is not None:
+        from detailclip_cli.plots import confusion_figure
+
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        fig = confusion_figure(report.confusion, classes, title=f"zero-shot on {data}")
+        fig.savefig(picture, dpi=120)
+        say(console, f"confusion matrix: {picture}")
+    else:
+        say(console, "(add --out DIR to save the confusion-matrix picture)", style="dim")
+
+    document = {"model": model or "assets/detailclip-tiny", "data": data, **report.to_dict(),
+                "confusion_png": str(picture) if picture else None}
+    if fmt == ResultFormat.json:
+        write_json(document, output)
+        return
+    from rich.table import Table
+
+    summary = Table(title=f"zero-shot on {data}", title_justify="left", show_header=False)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_row("images", str(report.num_images))
+    summary.add_row("classes", str(len(classes)))
+    summary.add_row("top-1", f"{100 * report.top1:.1f}%")
+    summary.add_row("top-5", f"{100 * report.top5:.1f}%")
+    summary.add_row("mean per-class recall", f"{100 * report.mean_per_class_recall:.1f}%")
+    per_class = Table(title="per class", title_justify="left")
+    for name, justify in [("class", "left"), ("images", "right"), ("correct", "right"),
+                          ("recall", "right"), ("precision", "right")]:
+        per_class.add_column(name, justify=justify)
+    for row in report.per_class():
+        per_class.add_row(row["class"], str(row["support"]), str(row["correct"]), _pct(row["recall"]),
+                          _pct(row["precision"]))
+    print_tables([summary, per_class], output)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

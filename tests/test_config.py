@@ -1,0 +1,164 @@
+"""Config dataclasses: JSON round trips, presets, and the errors people see."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from detailclip_cli.core.config import (
+    CONFIG_VERSION,
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    VisionConfig,
+    configs_from_dict,
+    load_config_file,
+    load_preset,
+)
+from detailclip_cli.errors import UsageError
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_round_trips_through_json(name):
+    model, train = load_preset(name)
+    model.validate()
+    train.validate(model)
+    m_dict, t_dict = model.to_dict(), train.to_dict()
+    assert m_dict["version"] == t_dict["version"] == CONFIG_VERSION
+    # through real JSON text, where tuples become lists
+    m2 = ModelConfig.from_dict(json.loads(json.dumps(m_dict)))
+    t2 = TrainConfig.from_dict(json.loads(json.dumps(t_dict)))
+    assert m2 == model and t2 == train
+    assert isinstance(m2.vision.mean, tuple) and isinstance(t2.betas, tuple)
+    assert m2.to_dict() == m_dict
+
+
+def test_tiny_preset_values():
+    model, train = load_preset("tiny")
+    assert (model.vision.image_size, model.vision.patch_size) == (64, 8)
+    assert model.vision.grid_size == (8, 8) and model.vision.num_patches == 64
+    assert model.head.out_dim == 1024 and model.decoder.width == 128
+    assert train.steps == 300 and train.block_size == 2 and train.momentum_base == 0.99
+    # unset values keep the dataclass defaults
+    assert train.keep_ratio == TrainConfig().keep_ratio == 0.5
+
+
+def test_switched_off_parts_round_trip_as_none():
+    model = dataclasses.replace(ModelConfig(), decoder=None, head=None)
+    again = ModelConfig.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again.decoder is None and again.head is None
+    assert again == model
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ConfigError, match="model.vision: colour, wdth"):
+        ModelConfig.from_dict({"vision": {"wdth": 3, "colour": 1}})
+    with pytest.raises(ConfigError, match="in model: bogus"):
+        ModelConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match="in train: learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+    with pytest.raises(ConfigError, match="top-level key.*: extra"):
+        configs_from_dict({"extra": {}})
+
+
+def test_config_error_is_a_usage_error():
+    assert issubclass(ConfigError, UsageError) and issubclass(ConfigError, ValueError)
+
+
+def test_newer_version_is_refused():
+    data = TrainConfig().to_dict()
+    data["version"] = CONFIG_VERSION + 1
+    with pytest.raises(ConfigError, match="newer"):
+        TrainConfig.from_dict(data)
+    data = ModelConfig().to_dict()
+    data["version"] = CONFIG_VERSION + 1
+    with pytest.raises(ConfigError, match="newer"):
+        ModelConfig.from_dict(data)
+    # the current version and an unversioned dict are fine
+    assert TrainConfig.from_dict({"version": CONFIG_VERSION}) == TrainConfig()
+    assert TrainConfig.from_dict({}) == TrainConfig()
+
+
+@pytest.mark.parametrize("keep_ratio", [0.0, 1.5, -0.1])
+def test_validate_rejects_keep_ratio_outside_unit_interval(keep_ratio):
+    with pytest.raises(ConfigError, match="keep_ratio"):
+        TrainConfig(keep_ratio=keep_ratio).validate()
+
+
+def test_validate_accepts_keep_ratio_one():
+    TrainConfig(keep_ratio=1.0).validate()
+
+
+def test_validate_rejects_block_size_not_dividing_the_grid():
+    model = ModelConfig(vision=VisionConfig(image_size=56, patch_size=8))  # 7x7 grid
+    with pytest.raises(ConfigError, match="block_size 2 does not divide the 7x7"):
+        TrainConfig(block_size=2).validate(model)
+    TrainConfig(block_size=1).validate(model)
+    TrainConfig(block_size=7).validate(model)
+    # without removal the block size does not matter
+    TrainConfig(block_size=2, removal="none").validate(model)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"steps": 0}, "steps"),
+        ({"lr": 0.0}, "lr"),
+        ({"block_size": 0}, "block_size"),
+        ({"removal": "sometimes"}, "removal"),
+        ({"score_layer": "first"}, "score_layer"),
+    ],
+)
+def test_validate_rejects_bad_train_values(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes).validate()
+
+
+@pytest.mark.parametrize("layer", ["mean", "last", "0", "-1", "11"])
+def test_validate_accepts_score_layers(layer):
+    TrainConfig(score_layer=layer).validate()
+
+
+def test_validate_rejects_image_size_not_a_multiple_of_patch_size():
+    with pytest.raises(ConfigError, match="image_size 60 is not a multiple of patch_size 8"):
+        ModelConfig(vision=VisionConfig(image_size=60, patch_size=8)).validate()
+
+
+def test_validate_rejects_width_not_divisible_by_heads_and_bad_act():
+    with pytest.raises(ConfigError, match="vision width 100"):
+        ModelConfig(vision=VisionConfig(width=100, heads=3)).validate()
+    with pytest.raises(ConfigError, match="act"):
+        ModelConfig(vision=VisionConfig(act="relu")).validate()
+
+
+def test_configs_from_dict_overlays_a_preset():
+    model, train = configs_from_dict(
+        {"preset": "tiny", "model": {"vision": {"depth": 2}, "head": None}, "train": {"keep_ratio": 0.25}}
+    )
+    tiny_model, tiny_train = load_preset("tiny")
+    assert model.vision.depth == 2 and model.head is None
+    assert model.vision.width == tiny_model.vision.width and model.decoder == tiny_model.decoder
+    assert train.keep_ratio == 0.25 and train.steps == tiny_train.steps
+
+
+def test_load_config_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ConfigError, match="nope.json"):
+        load_config_file(missing)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json"):
+        load_config_file(bad)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"preset": "tiny", "train": {"steps": 7}}))
+    model, train = load_config_file(good)
+    assert train.steps == 7 and model == load_preset("tiny")[0]
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="huge"):
+        load_preset("huge")
