@@ -1,0 +1,225 @@
+"""What a model is good for: retrieval, dense (segmentation) linear probe, [CLS] k-NN.
+
+Metric functions are pure and tested against hand-computed cases; the ``evaluate_*`` functions
+extract frozen features with the model and apply them. Zero-shot classification lives in
+:mod:`detailclip_cli.core.inference`.
+
+Shape letters: N images, E embedding width, L patch tokens, D width, C classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def recall_at_k(scores: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Recall@k where row i's correct column is i.
+
+    Ties count against the query: the rank of the correct item is the number of *other* items
+    scoring at least as high, so a model that scores everything equally gets no credit.
+
+    Args:
+        scores: (N, N) similarity of query i with candidate j.
+        ks: cut-offs.
+
+    Returns:
+        {k: fraction of queries whose correct item ranks within the top k}.
+    """
+    correct = scores.diagonal().unsqueeze(1)  # (N, 1)
+    ahead = (scores >= correct).sum(dim=1) - 1  # (N,) others at least as good
+    return {k: (ahead < k).float().mean().item() for k in ks}
+
+
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor,
+                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Image-to-text and text-to-image recall@k for matching rows of normalised embeddings (N, E)."""
+    scores = image_emb @ text_emb.T  # (N, N)
+    i2t, t2i = recall_at_k(scores, ks), recall_at_k(scores.T, ks)
+    return {**{f"image_to_text_R@{k}": v for k, v in i2t.items()},
+            **{f"text_to_image_R@{k}": v for k, v in t2i.items()}}
+
+
+def segmentation_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                           ignore_index: int | None = None) -> torch.Tensor:
+    """(C, C) pixel counts, rows = true class, columns = predicted class."""
+    pred, target = pred.reshape(-1), target.reshape(-1)
+    keep = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        keep &= target != ignore_index
+    idx = target[keep] * num_classes + pred[keep]
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def miou_from_confusion(confusion: torch.Tensor) -> dict[str, float | list[float | None]]:
+    """Mean IoU and pixel accuracy from a segmentation confusion matrix.
+
+    A class that appears neither in the ground truth nor in the predictions has no IoU (it is
+    absent, not perfect) and is left out of the mean.
+
+    Returns:
+        {"mIoU", "pixel_accuracy", "iou": per-class IoU or None for absent classes}.
+    """
+    conf = confusion.double()
+    tp = conf.diagonal()
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp(min=1), torch.zeros_like(tp))
+    total = conf.sum()
+    return {
+        "mIoU": iou[present].mean().item() if present.any() else 0.0,
+        "pixel_accuracy": (tp.sum() / total).item() if total > 0 else 0.0,
+        "iou": [v.item() if p else None for v, p in zip(iou, present)],
+    }
+
+
+def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 num_classes: int, k: int = 20, temperature: float = 0.07) -> torch.Tensor:
+    """Weighted k-NN on cosine similarity (DINO's protocol): votes weighted by exp(sim / T).
+
+    Args:
+        train_feats: (N, E) normalised features; train_labels: (N,) class ids.
+        test_feats: (M, E) normalised features.
+
+    Returns:
+        (M,) predicted class ids.
+    """
+    sims = test_feats @ train_feats.T  # (M, N)
+    k = min(k, train_feats.shape[0])
+    top_sims, top_idx = sims.topk(k, dim=1)  # (M, k)
+    weights = (top_sims / temperature).exp()
+    votes = torch.zeros(test_feats.shape[0], num_classes, dtype=weights.dtype)
+    votes.scatter_add_(1, train_labels[top_idx], weights)
+    return votes.argmax(dim=1)
+
+
+# -- feature extraction ------------------------------------------------------------------------
+
+
+@dataclass
+class Features:
+    """Frozen features of an image set.
+
+    Attributes:
+        cls: (N, E) normalised image embeddings.
+        patches: (N, L, D) final-layer patch tokens, or None when not asked for.
+        masks: (N, H, W) per-pixel class ids, or None when the samples have none.
+        labels: (N,) class ids, or None.
+    """
+
+    cls: torch.Tensor
+    patches: torch.Tensor | None
+    masks: torch.Tensor | None
+    labels: torch.Tensor | None
+
+
+@torch.no_grad()
+def extract_features(model, samples: Sequence, *, classes: Sequence[str] | None = None,
+                     patches: bool = False, batch_size: int = 64,
+                     on_batch: Callable[[int], None] | None = None) -> Features:
+    """Run the frozen image tower over samples (eval transform), collecting what a probe needs."""
+    from torch.utils.data import DataLoader
+
+    from detailclip_cli.core.data import EvalDataset
+
+    v = model.cfg.vision
+    device = model.logit_scale.device
+    dataset = EvalDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std, classes=classes)
+    cls, toks, masks, labels = [], [], [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        tokens = model.visual(batch["image"].to(device))  # (B, 1 + L, D)
+        cls.append(model.embed_cls(tokens).cpu())
+        if patches:
+            toks.append(tokens[:, 1:].cpu())
+        if "mask" in batch:
+            masks.append(batch["mask"])
+        if "label" in batch:
+            labels.append(batch["label"])
+        if on_batch is not None:
+            on_batch(len(batch["image"]))
+    n = sum(len(c) for c in cls)
+    return Features(
+        cls=torch.cat(cls),
+        patches=torch.cat(toks) if patches else None,
+        masks=torch.cat(masks) if len(masks) and sum(len(m) for m in masks) == n else None,
+        labels=torch.cat(labels) if len(labels) and sum(len(x) for x in labels) == n else None,
+    )
+
+
+# -- the dense linear probe ----------------------------------------------------------------------
+
+
+def dense_logits(probe: torch.nn.Module, patches: torch.Tensor, grid: tuple[int, int],
+                 size: tuple[int, int]) -> torch.Tensor:
+    """Per-pixel class logits: a linear layer per patch, then bilinear upsampling.
+
+    Args:
+        probe: ``Linear(D, C)``.
+        patches: (N, L, D).
+        grid: (gh, gw) with gh * gw = L.
+        size: (H, W) output resolution.
+
+    Returns:
+        (N, C, H, W).
+    """
+    n = patches.shape[0]
+    logits = probe(patches)  # (N, L, C)
+    logits = logits.transpose(1, 2).reshape(n, -1, *grid)  # (N, C, gh, gw)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def train_dense_probe(train: Features, num_classes: int, grid: tuple[int, int], *, epochs: int = 30,
+                      lr: float = 1e-2, batch_size: int = 128, seed: int = 0) -> torch.nn.Linear:
+    """Fit a linear per-patch classifier on frozen patch features against per-pixel masks.
+
+    The features are standardised with their training mean/std first (part of the probe),
+    so one learning rate serves every model.
+    """
+    if train.patches is None or train.masks is None:
+        raise ValueError("the dense probe needs patch features and masks")
+    g = torch.Generator().manual_seed(seed)
+    d = train.patches.shape[-1]
+    mean = train.patches.reshape(-1, d).mean(0)
+    std = train.patches.reshape(-1, d).std(0) + 1e-6
+    linear = torch.nn.Linear(d, num_classes)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    opt = torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=1e-4)
+    size = tuple(train.masks.shape[-2:])
+    n = train.patches.shape[0]
+    steps = epochs * max(1, n // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g)
+        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            idx = order[start:start + batch_size]
+            x = (train.patches[idx] - mean) / std
+            loss = F.cross_entropy(dense_logits(linear, x, grid, size), train.masks[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    # Fold the standardisation into the linear layer: W((x - m) / s) + b.
+    with torch.no_grad():
+        w = linear.weight / std
+        folded = torch.nn.Linear(d, num_classes)
+        folded.weight.copy_(w)
+        folded.bias.copy_(linear.bias - w @ mean)
+    return folded
+
+
+@torch.no_grad()
+def dense_probe_metrics(probe: torch.nn.Module, val: Features, num_classes: int,
+                        grid: tuple[int, int]) -> dict:
+    """mIoU and pixel accuracy of a trained dense probe on validation features."""
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    size = tuple(val.masks.shape[-2:])
+    for start in range(0, val.patches.shape[0], 64):
+        logits = dense_logits(probe, val.patches[start:start + 64], grid, size)
+        conf += segmentation_confusion(logits.argmax(1), val.masks[start:start + 64], num_classes)
+    return miou_from_confusion(conf)
