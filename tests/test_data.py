@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from detailclip_cli.core.data import (
+    DEMO_VERSION,
     AugmentConfig,
     DataError,
     EvalDataset,
@@ -61,7 +62,7 @@ def _write_png(path: Path, colour=(200, 10, 10), size=(20, 16)) -> Path:
 
 def test_demo_layout_and_sizes(demo_cache):
     root = demo_root()
-    assert root == demo_cache / "demo-v1"
+    assert root == demo_cache / DEMO_VERSION
     assert json.loads((root / "classes.json").read_text()) == DIGITS
     for split, size in [("train", 2000), ("val", 500)]:
         images = [p for p in (root / split).rglob("*.png") if not p.name.endswith(".mask.png")]
@@ -119,14 +120,14 @@ def test_demo_root_tolerates_a_lost_race(tmp_path, monkeypatch):
 
     def fake_generate(out_dir, **_):
         (Path(out_dir) / "ours.txt").write_text("ours")
-        winner = tmp_path / "demo-v1"
+        winner = tmp_path / DEMO_VERSION
         winner.mkdir()
         (winner / "theirs.txt").write_text("theirs")
 
     monkeypatch.setattr(demo, "generate_demo", fake_generate)
     root = demo_root(tmp_path)
     assert sorted(p.name for p in root.iterdir()) == ["theirs.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["demo-v1"]  # no temp folder left behind
+    assert [p.name for p in tmp_path.iterdir()] == [DEMO_VERSION]  # no temp folder left behind
 
 
 # ---------------------------------------------------------------- readers

@@ -223,3 +223,104 @@ def dense_probe_metrics(probe: torch.nn.Module, val: Features, num_classes: int,
         logits = dense_logits(probe, val.patches[start:start + 64], grid, size)
         conf += segmentation_confusion(logits.argmax(1), val.masks[start:start + 64], num_classes)
     return miou_from_confusion(conf)
+
+
+# -- everything at once ------------------------------------------------------------------------
+
+TASKS = ("zeroshot", "retrieval", "dense", "probe")
+
+
+@torch.no_grad()
+def _text_embeddings(model, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    device = model.logit_scale.device
+    out = [model.encode_text(model.tokenize(list(captions[i:i + batch_size])).to(device)).cpu()
+           for i in range(0, len(captions), batch_size)]
+    return torch.cat(out)
+
+
+def run_evaluation(model, data: str, *, tasks: Sequence[str] = TASKS, templates=None,
+                   probe_epochs: int = 20, max_train: int | None = None, seed: int = 0,
+                   on_stage: Callable[[str], None] | None = None) -> dict:
+    """Evaluate a model on a data spec's ``val`` split (probes train on its ``train`` split).
+
+    Args:
+        model: a :class:`DetailCLIP` in eval mode.
+        data: a data spec (``demo``, a folder with train/ and val/, ...).
+        tasks: any of ``zeroshot`` (needs class labels), ``retrieval`` (needs captions),
+            ``dense`` (needs masks), ``probe`` ([CLS] k-NN, needs labels).
+        templates: zero-shot prompt templates (callables); None = the data's own or the default.
+        probe_epochs: epochs of the dense linear probe.
+        max_train: cap on training images for the probes (speed).
+        seed: probe seed.
+        on_stage: called with a stage name as each starts (progress).
+
+    Returns:
+        {task: {metric: value}} for the tasks that the data supports; a task the data cannot
+        serve is reported under "skipped" with the reason.
+    """
+    from detailclip_cli.core.data import DataError, class_names, read_samples
+    from detailclip_cli.core.inference import evaluate_zero_shot, resolve_templates
+    from detailclip_cli.errors import UsageError
+
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise UsageError(f"unknown task(s) {', '.join(unknown)} (choose from {', '.join(TASKS)}, all)")
+    stage = on_stage or (lambda name: None)
+    try:
+        val = read_samples(data, split="val")
+        classes = class_names(data, split="val")
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    labelled = bool(classes) and all(s.label is not None for s in val)
+    has_masks = all(s.mask is not None for s in val)
+    results: dict = {"skipped": {}}
+
+    needs_train = ("dense" in tasks and has_masks) or ("probe" in tasks and labelled)
+    train_feats = val_feats = None
+    if needs_train:
+        stage("features")
+        train = read_samples(data, split="train")
+        if max_train is not None:
+            train = train[:max_train]
+        use_classes = classes if labelled else None
+        want_patches = "dense" in tasks and has_masks
+        train_feats = extract_features(model, train, classes=use_classes, patches=want_patches)
+        val_feats = extract_features(model, val, classes=use_classes, patches=want_patches)
+
+    if "zeroshot" in tasks:
+        if labelled:
+            stage("zeroshot")
+            report = evaluate_zero_shot(model, val, classes, templates or resolve_templates(None))
+            results["zeroshot"] = {"top1": report.top1, "top5": report.top5,
+                                   "mean_per_class_recall": report.mean_per_class_recall}
+        else:
+            results["skipped"]["zeroshot"] = "the data has no class labels"
+    if "retrieval" in tasks:
+        captions = [s.caption for s in val]
+        if all(captions):
+            stage("retrieval")
+            img = val_feats.cls if val_feats is not None else extract_features(model, val).cls
+            results["retrieval"] = retrieval_metrics(img, _text_embeddings(model, captions))
+        else:
+            results["skipped"]["retrieval"] = "some images have no caption"
+    if "dense" in tasks:
+        if has_masks and train_feats is not None and train_feats.masks is not None:
+            stage("dense")
+            num_classes = int(max(train_feats.masks.max(), val_feats.masks.max())) + 1
+            grid = model.visual.grid_size
+            probe = train_dense_probe(train_feats, num_classes, grid, epochs=probe_epochs, seed=seed)
+            metrics = dense_probe_metrics(probe, val_feats, num_classes, grid)
+            results["dense"] = {"mIoU": metrics["mIoU"], "pixel_accuracy": metrics["pixel_accuracy"],
+                                "num_classes": num_classes}
+        else:
+            results["skipped"]["dense"] = "the data has no masks (<image>.mask.png)"
+    if "probe" in tasks:
+        if labelled and train_feats is not None and train_feats.labels is not None:
+            stage("probe")
+            pred = knn_classify(train_feats.cls, train_feats.labels, val_feats.cls, len(classes))
+            results["probe"] = {"knn_top1": (pred == val_feats.labels).float().mean().item()}
+        else:
+            results["skipped"]["probe"] = "the data has no class labels"
+    if not results["skipped"]:
+        del results["skipped"]
+    return results

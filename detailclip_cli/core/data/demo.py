@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEMO_VERSION = "demo-v1"
+DEMO_VERSION = "demo-v2"
 DEMO_IMAGE_SIZE = 64
 DEMO_SPLIT_SIZES = {"train": 2000, "val": 500}
 DEMO_SEED = 20240906
@@ -75,12 +75,28 @@ POSITIONS = {
     (2, 2): "in the lower right",
 }
 
+# Captions centre on what zero-shot and dense evaluation ask about: the digit (and its colour).
+# The background is named in only a quarter of them and the position never: when every caption
+# names background, colour and position, the combinations are almost unique within a batch, so
+# the contrastive loss is solved without ever reading the digit (seen in demo-v1: after 200 steps
+# retrieval was far above chance while zero-shot digit accuracy stayed at chance).
 CAPTION_TEMPLATES = (
-    "{a_colour} handwritten {word} {where} of a photo of {bg}",
-    "the digit {num} painted {colour} over {bg}, {where}",
-    "a photo of {bg} with {a_colour} {word} written {where}",
-    "a handwritten number {word} in {colour}, {where}, on a picture of {bg}",
-    "{bg} behind {a_colour} digit {num} {where}",
+    "{a_colour} handwritten {word}",
+    "the digit {num} written in {colour}",
+    "a handwritten number {word} in {colour}",
+    "{a_colour} digit {word}",
+    "the number {word}, handwritten in {colour}",
+    "{a_colour} {word} drawn by hand",
+    "{a_colour} handwritten {word} over a photo of {bg}",
+    "the digit {num} painted {colour} over {bg}",
+)
+
+# Prompt templates for zero-shot classification of the demo classes (the digit words).
+ZERO_SHOT_TEMPLATES = (
+    "a handwritten {}.",
+    "the digit {}.",
+    "a handwritten number {}.",
+    "the number {}, handwritten.",
 )
 
 DIGIT_SIZE_RANGE = (24, 36)  # pixels, inclusive
@@ -108,7 +124,7 @@ def demo_root(cache_dir: Path | None = None) -> Path:
 
     Args:
         cache_dir: base cache folder; defaults to :func:`default_cache_dir`. The set lives in
-            its ``demo-v1`` sub-folder.
+            its ``DEMO_VERSION`` sub-folder.
 
     Returns:
         The demo root folder (contains ``classes.json``, ``train/`` and ``val/``).
