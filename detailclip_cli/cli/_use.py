@@ -43,7 +43,7 @@ KeepRatioOpt = Annotated[float, typer.Option("--keep-ratio", min=0.0, max=1.0,
 BlockSizeOpt = Annotated[
     Optional[int],
     typer.Option("--block-size", min=1, help="Remove whole NxN blocks of patches. Default: the run's block "
-                 "size, else 2 when it divides the patch grid, else 1.", show_default=False),
+                 "size (else 2) when it divides the patch grid, else 1.", show_default=False),
 ]
 LayerOpt = Annotated[
     Optional[str],
@@ -52,7 +52,6 @@ LayerOpt = Annotated[
 ]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file "
                                                    "instead of stdout.", show_default=False)]
-UseDeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 
 # Progress bars appear from this many images on (and only when stderr is a terminal).
 PROGRESS_MIN_IMAGES = 16

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from detailclip_cli.cli._common import err_console
+from detailclip_cli.cli._common import DeviceOpt, err_console
 from detailclip_cli.cli._use import (
     BatchSizeOpt,
     BlockSizeOpt,
@@ -20,7 +20,6 @@ from detailclip_cli.cli._use import (
     OutputOpt,
     PictureOrJson,
     PretrainedOpt,
-    UseDeviceOpt,
     finish,
     gather_images,
     load_model,
@@ -47,7 +46,7 @@ def attn_map(
     fmt: Annotated[PictureOrJson, typer.Option("--format", "-f", help="png: pictures in --out (their paths on stdout); json: score grids and kept masks on stdout.")] = PictureOrJson.png,
     output: OutputOpt = None,
     batch_size: BatchSizeOpt = 32,
-    device: UseDeviceOpt = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Show where the [CLS] token looks, and which patches token removal keeps.
 

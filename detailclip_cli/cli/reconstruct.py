@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from detailclip_cli.cli._common import SeedOpt, err_console
+from detailclip_cli.cli._common import DeviceOpt, SeedOpt, err_console
 from detailclip_cli.cli._use import (
     BatchSizeOpt,
     BlockSizeOpt,
@@ -20,7 +20,6 @@ from detailclip_cli.cli._use import (
     OutputOpt,
     PretrainedOpt,
     TableOrJson,
-    UseDeviceOpt,
     finish,
     gather_images,
     load_model,
@@ -49,7 +48,7 @@ def reconstruct(
     fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="table for people, or one json document.")] = TableOrJson.table,
     output: OutputOpt = None,
     batch_size: BatchSizeOpt = 32,
-    device: UseDeviceOpt = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Reconstruct removed patches with the model's pixel decoder.
 
@@ -64,26 +63,27 @@ def reconstruct(
 
       detailclip reconstruct imgs/ --strategy random --seed 1 --keep-ratio 0.25 --format json
     """
+    import torch
+
+    from detailclip_cli.core import inference
+    from detailclip_cli.plots import RECONSTRUCTION_CAPTION, reconstruction_figure
+
     console = err_console()
+    # Before reading any image: a model without a decoder fails fast, from its config alone.
+    if not inference.has_decoder(model):
+        raise inference.NoDecoderError(f"{model or 'the shipped model'} has no pixel decoder (trained with "
+                                       "--no-reconstruct, or an open_clip model), so it cannot reconstruct")
     paths, failed = gather_images(images, console)
     if not paths:
         finish(failed)
         return
 
-    import torch
-
-    from detailclip_cli.core.inference import NoDecoderError, check_removal, reconstruct as run_reconstruction
-    from detailclip_cli.core.inference import run_train_settings
-    from detailclip_cli.plots import reconstruction_figure
-
     net = load_model(model, pretrained, device, console)
-    if net.decoder is None:
-        raise NoDecoderError(f"{model or 'the model'} has no pixel decoder (trained with --no-reconstruct, "
-                             "or an open_clip model), so it cannot reconstruct")
     layer, block_size = run_defaults(model, net, layer=layer, block_size=block_size)
-    check_removal(net, keep_ratio, block_size)
-    settings = run_train_settings(model) or {}
+    inference.check_removal(net, keep_ratio, block_size)
+    settings = inference.run_train_settings(model) or {}
     norm_pix = bool(settings.get("norm_pix_loss", True))
+    caption = RECONSTRUCTION_CAPTION if norm_pix else "The decoder predicts pixels directly (no per-patch norm)."
     seed = 0 if seed is None else seed
     generator = torch.Generator().manual_seed(seed)
 
@@ -91,15 +91,14 @@ def reconstruct(
     out.mkdir(parents=True, exist_ok=True)
     feed = ImageFeed(net, paths, batch_size=batch_size, console=console, description="reconstruct")
     for batch in feed:
-        rec = run_reconstruction(net, batch.images, strategy=strategy.value, keep_ratio=keep_ratio,
-                                 block_size=block_size, layer=layer, generator=generator, norm_pix=norm_pix)
+        rec = inference.reconstruct(net, batch.images, strategy=strategy.value, keep_ratio=keep_ratio,
+                                    block_size=block_size, layer=layer, generator=generator, norm_pix=norm_pix)
         for i, path in enumerate(batch.paths):
             mse, psnr = float(rec.mse[i]), float(rec.psnr[i])
-            caption = None if norm_pix else "The decoder predicts pixels directly (trained without per-patch normalisation)."
             fig = reconstruction_figure(
                 rec.original[i].cpu(), rec.kept[i].cpu(), rec.recon[i].cpu(), rec.pasted[i].cpu(),
                 title=f"{path.name}  ({strategy.value}, keep {keep_ratio:g}, block {block_size})",
-                mse=mse, psnr=psnr, **({} if caption is None else {"caption": caption}),
+                mse=mse, psnr=psnr, caption=caption,
             )
             target = out / unique_name(path, ".recon.png", used)
             fig.savefig(target, dpi=120)
@@ -108,13 +107,14 @@ def reconstruct(
                             "kept": rec.removed[i].numel() - removed, "mse": round(mse, 6),
                             "psnr": round(psnr, 3)})
 
-    mean_mse = sum(r["mse"] for r in records) / len(records) if records else None
+    def mean(key: str, digits: int) -> float | None:
+        return round(sum(r[key] for r in records) / len(records), digits) if records else None
+
     document = {
         "model": model or "assets/detailclip-tiny", "strategy": strategy.value, "keep_ratio": keep_ratio,
         "block_size": block_size, "seed": seed if strategy == Strategy.random else None,
         "layer": layer if strategy == Strategy.attention else None, "norm_pix": norm_pix,
-        "mean_mse": None if mean_mse is None else round(mean_mse, 6),
-        "mean_psnr": None if not records else round(sum(r["psnr"] for r in records) / len(records), 3),
+        "mean_mse": mean("mse", 6), "mean_psnr": mean("psnr", 3),
         "images": records,
     }
     if fmt == TableOrJson.json:

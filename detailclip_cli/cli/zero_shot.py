@@ -7,18 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from detailclip_cli.cli._common import OutOpt, err_console
+from detailclip_cli.cli._common import DeviceOpt, OutOpt, err_console
 from detailclip_cli.cli._use import (
     BatchSizeOpt,
+    ImageFeed,
     ImagesArg,
     ModelOpt,
     OutputOpt,
     PretrainedOpt,
     ResultFormat,
-    UseDeviceOpt,
     finish,
     gather_images,
-    ImageFeed,
     load_model,
     print_tables,
     progress_bar,
@@ -45,7 +44,7 @@ def zero_shot(
     output: OutputOpt = None,
     out: OutOpt = None,
     batch_size: BatchSizeOpt = 32,
-    device: UseDeviceOpt = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Zero-shot classification: rank text labels for each image.
 
@@ -74,15 +73,15 @@ def zero_shot(
                  output=output, out=out, batch_size=batch_size, device=device, console=console)
         return
 
+    from detailclip_cli.core.inference import build_classifier, classify, resolve_templates
+
     label_list = read_labels(labels, labels_file)
+    template_list = resolve_templates(templates)
     paths, failed = gather_images(images, console)
     if not paths:
         finish(failed)
         return
 
-    from detailclip_cli.core.inference import build_classifier, classify, resolve_templates
-
-    template_list = resolve_templates(templates)
     net = load_model(model, pretrained, device, console)
     classifier = build_classifier(net, label_list, template_list)
     k = min(top_k or (len(label_list) if fmt in (ResultFormat.json, ResultFormat.jsonl) else TABLE_TOP_K),

@@ -10,7 +10,6 @@ T templates; (gh, gw) is the patch grid.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from detailclip_cli.core.vit import reduce_cls_attention
 from detailclip_cli.errors import UsageError
 
 SHIPPED_MODEL = "detailclip-tiny"
-RUN_FILE = "run.json"
 
 
 # -- finding a model -----------------------------------------------------------------------------
@@ -85,22 +83,49 @@ def model_folder(spec: str | Path) -> Path:
     return path
 
 
-def run_train_settings(spec: str | None) -> dict | None:
-    """The training settings recorded in a run folder's ``run.json`` (None for other models)."""
-    if spec is None or spec.startswith("open_clip:"):
-        folder = shipped_model_dir() if spec is None else None
-    else:
-        try:
-            folder = model_folder(spec)
-        except ModelLoadError:
-            return None
-    if folder is None or not (folder / RUN_FILE).is_file():
+def _local_folder(spec: str | None) -> Path | None:
+    """The folder of a local model spec; None for ``open_clip:NAME`` or a path naming no model."""
+    from detailclip_cli.core.openclip import open_clip_name
+
+    if spec is not None and open_clip_name(spec) is not None:
         return None
     try:
-        train = json.loads((folder / RUN_FILE).read_text()).get("train")
-    except (OSError, ValueError, AttributeError):
+        return shipped_model_dir() if spec is None else model_folder(spec)
+    except ModelLoadError:
         return None
-    return train if isinstance(train, dict) else None
+
+
+def has_decoder(spec: str | None) -> bool:
+    """Whether the model a spec names has a pixel decoder, read from its config (no weights loaded).
+
+    ``open_clip:NAME`` models never have one. A spec that names no model reports True here
+    and fails properly when it is loaded.
+    """
+    from detailclip_cli.core.io import read_model_config
+    from detailclip_cli.core.openclip import open_clip_name
+
+    if spec is not None and open_clip_name(spec) is not None:
+        return False
+    folder = _local_folder(spec)
+    try:
+        return folder is None or read_model_config(folder).decoder is not None
+    except ModelLoadError:
+        return True
+
+
+def run_train_settings(spec: str | None) -> dict | None:
+    """The training settings of a run folder (its ``run.json``); None for any other model."""
+    from detailclip_cli.core.config import ConfigError
+    from detailclip_cli.core.train import read_run_settings
+
+    folder = _local_folder(spec)
+    if folder is None:
+        return None
+    try:
+        _, train_cfg, _ = read_run_settings(folder)
+    except (ConfigError, ModelLoadError, OSError, ValueError, KeyError):
+        return None
+    return train_cfg.to_dict()
 
 
 # -- images in, tensors out ------------------------------------------------------------------------
