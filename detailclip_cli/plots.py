@@ -164,3 +164,49 @@ def confusion_figure(confusion, classes: Sequence[str], *, title: str = "zero-sh
                     ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
                             color="white" if dark else "black")
     return fig
+
+
+def training_curves_figure(runs: dict[str, list[dict]], *, keys: Sequence[str] | None = None) -> Figure:
+    """Training curves of one or more runs, overlaid: one panel per logged quantity.
+
+    Args:
+        runs: run name -> its ``metrics.jsonl`` records (each with ``step``).
+        keys: the quantities to draw; by default every numeric key any run logged (losses first,
+            then lr, momentum and the rest), except ``step`` and timing fields.
+
+    Returns:
+        A Figure with one axis per key, x = step, one line per run.
+    """
+    skip = {"step", "elapsed_s", "images_per_sec"}
+    if keys is None:
+        seen: dict[str, None] = {}
+        for records in runs.values():
+            for record in records:
+                for k, v in record.items():
+                    if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        seen.setdefault(k, None)
+        first = [k for k in ("loss", "clip", "rec", "cls", "patch") if k in seen]
+        keys = first + [k for k in seen if k not in first]
+    keys = list(keys)
+    if not keys:
+        raise ValueError("no numeric metrics to plot")
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig = Figure(figsize=(4.2 * cols, 2.8 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).reshape(-1)
+    for ax, key in zip(axes, keys):
+        for name, records in runs.items():
+            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, label=name, linewidth=1.2)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(keys):]:
+        ax.set_axis_off()
+    if len(runs) > 1:
+        axes[0].legend(fontsize=7)
+    return fig

@@ -38,9 +38,7 @@ METRICS = [("dense mIoU", "dense", "mIoU"), ("zero-shot top-1", "zeroshot", "top
 
 def run_arm(arm: str, seed: int, *, steps: int, batch_size: int, work: Path) -> dict:
     from detailclip_cli.core.config import TrainConfig, load_preset
-    from detailclip_cli.core.data.demo import ZERO_SHOT_TEMPLATES
     from detailclip_cli.core.evaluate import run_evaluation
-    from detailclip_cli.core.inference import resolve_templates
     from detailclip_cli.core.io import load_model
     from detailclip_cli.core.train import train
 
@@ -59,11 +57,8 @@ def run_arm(arm: str, seed: int, *, steps: int, batch_size: int, work: Path) -> 
     for _ in train(model_cfg, train_cfg, data="demo", out_dir=out, device="cpu"):
         pass
     per_step = (time.perf_counter() - t0) / steps
-    templates_file = work / "demo_templates.txt"
-    templates_file.write_text("\n".join(ZERO_SHOT_TEMPLATES) + "\n")
     model = load_model(out)
-    metrics = run_evaluation(model, "demo", tasks=("zeroshot", "retrieval", "dense"),
-                             templates=resolve_templates(str(templates_file)), probe_epochs=10,
+    metrics = run_evaluation(model, "demo", tasks=("zeroshot", "retrieval", "dense"), probe_epochs=10,
                              max_train=1000, seed=seed)
     return {"arm": arm, "seed": seed, "steps": steps, "batch_size": batch_size,
             **metrics, "time": {"per_step": per_step}}

@@ -21,3 +21,19 @@ def demo_cache(tmp_path_factory):
         os.environ.pop("DETAILCLIP_CACHE", None)
     else:
         os.environ["DETAILCLIP_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def run_dir(demo_cache, tmp_path_factory):
+    """A 4-step pretraining run of the tiny preset, shrunk (depth 2, batch 8)."""
+    from detailclip_cli.core.config import TrainConfig, load_preset
+    from detailclip_cli.core.train import train
+
+    model_cfg, train_cfg = load_preset("tiny")
+    model_cfg.vision.depth = 2
+    model_cfg.head.out_dim = 256
+    train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "batch_size": 8, "steps": 4, "warmup_steps": 1,
+                                       "log_every": 4, "save_every": 4})
+    out = tmp_path_factory.mktemp("run")
+    list(train(model_cfg, train_cfg, data="demo", out_dir=out, device="cpu"))
+    return out

@@ -35,7 +35,7 @@ def zero_shot(
     images: ImagesArg = None,
     labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. \"cat,dog,bird\".", show_default=False)] = None,
     labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="A file with one label per line.", show_default=False)] = None,
-    templates: Annotated[Optional[str], typer.Option("--templates", help="Prompt templates: default, openai_imagenet, simple_imagenet, or a file with one template per line containing {}.", show_default=False)] = None,
+    templates: Annotated[Optional[str], typer.Option("--templates", help="Prompt templates: default, demo (the default for --eval demo), openai_imagenet, simple_imagenet, or a file with one template per line containing {}.", show_default=False)] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="Ranked labels per image (default: 5 in tables and CSV, all labels in JSON).", show_default=False)] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval", help="Evaluate on a labelled set instead: a folder of class sub-folders (its val/ split when present) or 'demo'.", show_default=False)] = None,
     model: ModelOpt = None,
@@ -145,7 +145,7 @@ def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch
     from detailclip_cli.core.inference import eval_samples, evaluate_zero_shot, resolve_templates
 
     samples, classes = eval_samples(data)
-    template_list = resolve_templates(templates)
+    template_list = resolve_templates(templates, data=data)
     net = load_model(model, pretrained, device, console)
     say(console, f"zero-shot on {data}: {len(samples)} images, {len(classes)} classes, "
         f"{len(template_list)} templates")

@@ -290,7 +290,7 @@ def run_evaluation(model, data: str, *, tasks: Sequence[str] = TASKS, templates=
     if "zeroshot" in tasks:
         if labelled:
             stage("zeroshot")
-            report = evaluate_zero_shot(model, val, classes, templates or resolve_templates(None))
+            report = evaluate_zero_shot(model, val, classes, templates or resolve_templates(None, data=data))
             results["zeroshot"] = {"top1": report.top1, "top5": report.top5,
                                    "mean_per_class_recall": report.mean_per_class_recall}
         else:

@@ -192,11 +192,14 @@ class TemplateError(UsageError, ValueError):
 
 
 def template_sets() -> dict[str, Sequence[Callable[[str], str]]]:
-    """The named template sets: ``default`` (ours) and open_clip's ImageNet sets."""
+    """The named template sets: ``default`` (ours), ``demo`` (the demo digits), open_clip's ImageNet sets."""
     import open_clip
+
+    from detailclip_cli.core.data.demo import ZERO_SHOT_TEMPLATES
 
     return {
         "default": [_fill(t) for t in DEFAULT_TEMPLATES],
+        "demo": [_fill(t) for t in ZERO_SHOT_TEMPLATES],
         "openai_imagenet": list(open_clip.OPENAI_IMAGENET_TEMPLATES),
         "simple_imagenet": list(open_clip.SIMPLE_IMAGENET_TEMPLATES),
     }
@@ -207,8 +210,11 @@ def _fill(template: str) -> Callable[[str], str]:
     return lambda name: template.replace("{}", name)
 
 
-def resolve_templates(spec: str | None) -> list[Callable[[str], str]]:
-    """Templates by name (``default``, ``openai_imagenet``, ``simple_imagenet``) or from a file.
+def resolve_templates(spec: str | None, *, data: str | None = None) -> list[Callable[[str], str]]:
+    """Templates by name (``default``, ``demo``, ``openai_imagenet``, ``simple_imagenet``) or from a file.
+
+    With no ``spec``, the demo data (``data == "demo"``) gets its own set and anything else
+    the default set.
 
     A template file has one template per line, each containing ``{}`` where the label goes;
     blank lines and lines starting with ``#`` are skipped.
@@ -218,7 +224,7 @@ def resolve_templates(spec: str | None) -> list[Callable[[str], str]]:
     """
     sets = template_sets()
     if spec is None:
-        return list(sets["default"])
+        return list(sets["demo" if data == "demo" else "default"])
     if spec in sets:
         return list(sets[spec])
     path = Path(spec).expanduser()

@@ -1,0 +1,74 @@
+"""``detailclip evaluate``: zero-shot, retrieval, dense linear probe and [CLS] k-NN in one record."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from detailclip_cli.cli._common import err_console
+from detailclip_cli.cli._use import ModelOpt, OutputOpt, PretrainedOpt, TableOrJson, load_model, say, write_json
+
+
+class Task(str, Enum):
+    zeroshot = "zeroshot"
+    retrieval = "retrieval"
+    dense = "dense"
+    probe = "probe"
+    all = "all"
+
+
+def evaluate(
+    data: Annotated[str, typer.Option("--data", help="Evaluation data: 'demo', or a folder with train/ and val/ "
+                                      "(class sub-folders, captions, <image>.mask.png masks).")] = "demo",
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    task: Annotated[list[Task], typer.Option("--task", help="zeroshot, retrieval, dense, probe or all (repeatable).")] = [Task.all],  # noqa: B006
+    templates: Annotated[str | None, typer.Option("--templates", help="Zero-shot templates (see zero-shot --help).", show_default=False)] = None,
+    probe_epochs: Annotated[int, typer.Option("--probe-epochs", min=1, help="Epochs of the dense linear probe.")] = 20,
+    fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="table for people, json for one record.")] = TableOrJson.table,
+    output: OutputOpt = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Evaluate a model: zero-shot top-1/top-5/mean per-class recall, image-text retrieval R@1/5/10,
+    a dense linear probe on frozen patch features (mIoU, pixel accuracy) and [CLS] k-NN accuracy,
+    on the validation split (probes train on the train split).
+
+    [bold]Examples[/bold]
+
+      detailclip evaluate --model runs/demo --data demo
+
+      detailclip evaluate --model runs/demo --data ./my_set --task dense --format json
+    """
+    from detailclip_cli.core.evaluate import TASKS, run_evaluation
+    from detailclip_cli.core.inference import resolve_templates
+
+    console = err_console()
+    tasks = TASKS if Task.all in task else tuple(dict.fromkeys(t.value for t in task))
+    net = load_model(model, pretrained, device, console)
+    template_list = resolve_templates(templates, data=data)
+    t0 = time.perf_counter()
+    results = run_evaluation(net, data, tasks=tasks, templates=template_list, probe_epochs=probe_epochs,
+                             on_stage=lambda s: say(console, f"evaluate: {s} ..."))
+    for name, reason in results.get("skipped", {}).items():
+        say(console, f"skipped {name}: {reason}")
+    record = {"model": model or "assets/detailclip-tiny", "pretrained": pretrained, "dataset": data,
+              "tasks": list(tasks), "metrics": {k: v for k, v in results.items() if k != "skipped"},
+              "skipped": results.get("skipped", {}), "seconds": round(time.perf_counter() - t0, 2)}
+    if fmt is TableOrJson.json:
+        write_json(record, output)
+        return
+    from rich.table import Table
+
+    from detailclip_cli.cli._use import print_tables
+
+    table = Table(title=f"{record['model']} on {data}")
+    table.add_column("task")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for group, metrics in record["metrics"].items():
+        for key, value in metrics.items():
+            table.add_row(group, key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    print_tables([table], output)
