@@ -77,7 +77,9 @@ def test_demo_images_masks_and_captions_agree(demo_cache):
     root = demo_root()
     for split in ("train", "val"):
         records = [json.loads(line) for line in (root / f"{split}.jsonl").read_text().splitlines()]
+        named_colours, checked = 0, 0
         for record in records[:: 7 if split == "train" else 1]:
+            checked += 1
             folder = root / split / record["label"]
             image = Image.open(folder / f"{record['id']}.png")
             mask = Image.open(folder / f"{record['id']}.mask.png")
@@ -88,8 +90,10 @@ def test_demo_images_masks_and_captions_agree(demo_cache):
             assert values == {0, k + 1}, (record, values)
             caption = (folder / f"{record['id']}.txt").read_text().strip()
             assert caption == record["caption"]
-            assert record["colour"] in caption
             assert record["label"] in caption or str(k) in caption
+            named_colours += record["colour"] in caption
+        # Half the caption templates name the colour (see CAPTION_TEMPLATES).
+        assert 0.35 < named_colours / checked < 0.65, named_colours / checked
 
 
 def test_demo_val_digits_unseen_in_train(demo_cache):

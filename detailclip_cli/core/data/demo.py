@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEMO_VERSION = "demo-v2"
+DEMO_VERSION = "demo-v3"
 DEMO_IMAGE_SIZE = 64
 DEMO_SPLIT_SIZES = {"train": 2000, "val": 500}
 DEMO_SEED = 20240906
@@ -75,18 +75,22 @@ POSITIONS = {
     (2, 2): "in the lower right",
 }
 
-# Captions centre on what zero-shot and dense evaluation ask about: the digit (and its colour).
-# The background is named in only a quarter of them and the position never: when every caption
-# names background, colour and position, the combinations are almost unique within a batch, so
-# the contrastive loss is solved without ever reading the digit (seen in demo-v1: after 200 steps
-# retrieval was far above chance while zero-shot digit accuracy stayed at chance).
+# Captions centre on what zero-shot and dense evaluation ask about: the digit. Half name only
+# the digit, three in ten add its colour, two in ten its colour and the background photo. When
+# every caption names the background, colour and position (demo-v1), the combinations are almost
+# unique within a batch and the contrastive loss is solved without reading the digit: after 200
+# steps retrieval was far above chance while zero-shot digit accuracy stayed at chance. With
+# digit + colour in every caption (demo-v2) a 600-step tiny model reached 79 % zero-shot
+# accuracy on the colour and still 10 % (chance) on the digit.
 CAPTION_TEMPLATES = (
+    "a handwritten {word}",
+    "the digit {num}",
+    "the number {word}, written by hand",
+    "a handwritten digit: {word}",
+    "the digit {word}",
     "{a_colour} handwritten {word}",
     "the digit {num} written in {colour}",
-    "a handwritten number {word} in {colour}",
     "{a_colour} digit {word}",
-    "the number {word}, handwritten in {colour}",
-    "{a_colour} {word} drawn by hand",
     "{a_colour} handwritten {word} over a photo of {bg}",
     "the digit {num} painted {colour} over {bg}",
 )
