@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/detailclip pretrain --preset tiny --steps $(DEMO_STEPS) --seed 0 --out $(DEMO_OUT)
+	BIN=$(BIN) examples/demo.sh $(DEMO_OUT) $(DEMO_STEPS)
 
 test: venv
 	$(BIN)/python -m pytest -q

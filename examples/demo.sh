@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The demo: pretrain the tiny preset on the built-in demo data, then use and look inside the
+# result on demo validation images. Called by `make demo`; run it directly as
+#   examples/demo.sh [RUN_DIR] [STEPS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+OUT=${1:-runs/demo}
+STEPS=${2:-300}
+
+"$BIN/detailclip" pretrain --preset tiny --steps "$STEPS" --seed 0 --out "$OUT"
+
+# The first validation image of four classes.
+mapfile -t IMAGES < <("$BIN/python" -c "
+from detailclip_cli.core.data import demo_root, is_image_file
+val = demo_root() / 'val'
+for c in ('zero', 'three', 'seven', 'nine'):
+    print(sorted(p for p in (val / c).iterdir() if is_image_file(p))[0])
+")
+LABELS="zero,one,two,three,four,five,six,seven,eight,nine"
+
+echo "== zero-shot on four validation images (the run you just trained)"
+"$BIN/detailclip" zero-shot "${IMAGES[@]}" --labels "$LABELS" --templates demo --top-k 3 --model "$OUT"
+echo "== zero-shot accuracy on the whole validation split"
+"$BIN/detailclip" zero-shot --eval demo --model "$OUT" --out "$OUT/zero-shot"
+echo "== attention maps and the tokens they keep"
+"$BIN/detailclip" attn-map "${IMAGES[@]}" --model "$OUT" --out "$OUT/attn-maps"
+echo "== reconstructions from the kept tokens"
+"$BIN/detailclip" reconstruct "${IMAGES[@]}" --model "$OUT" --out "$OUT/reconstructions"
+echo
+echo "Pictures: $OUT/attn-maps/, $OUT/reconstructions/, $OUT/zero-shot/confusion.png"
+echo "Training curves: $BIN/detailclip plot $OUT --out $OUT/curves.png"
