@@ -10,7 +10,7 @@ import sys
 import typer
 
 from detailclip_cli import __version__
-from detailclip_cli.cli import attn_map, evaluate, plot, pretrain, reconstruct, zero_shot
+from detailclip_cli.cli import attn_map, distill, evaluate, plot, pretrain, reconstruct, zero_shot
 from detailclip_cli.errors import DetailclipError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.command("pretrain", no_args_is_help=False)(pretrain.pretrain)
+app.command("distill", no_args_is_help=False)(distill.distill)
 app.command("zero-shot", no_args_is_help=True)(zero_shot.zero_shot)
 app.command("attn-map", no_args_is_help=True)(attn_map.attn_map)
 app.command("reconstruct", no_args_is_help=True)(reconstruct.reconstruct)

@@ -1,7 +1,9 @@
 """The training loop: a generator that yields one :class:`StepInfo` per logged step.
 
 The loop owns the optimiser, the learning-rate schedule, the data order, checkpointing and
-``metrics.jsonl``; it knows nothing about how progress is drawn (the CLI iterates over it).
+``metrics.jsonl``; it knows nothing about how progress is drawn (the CLI iterates over it),
+nor about what is trained: :func:`fit` runs any :class:`Objective` (``pretrain`` passes the
+DetailCLIP objective, ``distill`` its distillation objectives).
 
 A run folder holds ``model.safetensors`` + ``config.json`` (the student, loadable on its own),
 ``train_state.safetensors`` + ``train_state.json`` (optimiser, teacher, centres, step, RNG
@@ -15,10 +17,10 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -46,6 +48,25 @@ RUN_FILE = "run.json"
 
 class TrainingError(WorkFailedError):
     """The run cannot go on (e.g. a non-finite loss); the message is one line for people."""
+
+
+class Objective(Protocol):
+    """What the loop trains: an ``nn.Module`` holding the student as ``model``.
+
+    ``objective(view1, view2, text, step=step, **views)`` returns a dict of named scalar losses
+    with ``"loss"`` their weighted total; ``text`` is None when the data has no captions, and
+    ``views`` are the batch's other tensors (e.g. ``local_views``). ``update_teacher(step)``
+    moves the teacher after the optimiser step and returns its momentum. Everything of the
+    objective but ``model`` (teacher, centres, bridges) is saved in the training state.
+    Optionally, ``extra_metrics(step) -> dict[str, float]`` adds figures to each logged step.
+    """
+
+    model: torch.nn.Module
+
+    def __call__(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None, *,
+                 step: int, **views: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def update_teacher(self, step: int) -> float: ...
 
 
 @dataclass
@@ -83,7 +104,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms, embeddings and the logit scale (1-D or scalar)."""
+    """AdamW with no weight decay on biases, norms, embeddings and the logit scale (1-D or scalar).
+
+    Only parameters that require a gradient are optimised; ``model`` may be an objective, whose
+    frozen teacher is then left out and whose training-only parts (bridges) are included.
+    """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -107,7 +132,7 @@ def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, pin_memory: b
     """Endless batches from ``start_step`` on, identical to an uninterrupted run's.
 
     Args:
-        dataset: a ``TwoViewDataset`` (with ``set_epoch``).
+        dataset: a ``TwoViewDataset`` or subclass (with ``set_epoch``).
         cfg: batch size, workers, seed.
         start_step: the first step to produce a batch for (resume point).
     """
@@ -130,12 +155,12 @@ def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, pin_memory: b
 
 # -- checkpoints -------------------------------------------------------------------------------
 
-def _objective_state(objective: DetailCLIPObjective) -> dict[str, torch.Tensor]:
+def _objective_state(objective: Objective) -> dict[str, torch.Tensor]:
     """Everything of the objective but the student model (which has its own file)."""
     return {k: v for k, v in objective.state_dict().items() if not k.startswith("model.")}
 
 
-def save_checkpoint(out_dir: Path, objective: DetailCLIPObjective, optimizer: torch.optim.Optimizer,
+def save_checkpoint(out_dir: Path, objective: Objective, optimizer: torch.optim.Optimizer,
                     step: int) -> None:
     """Write the student model and the training state for ``--resume``; each file atomically."""
     tensors = {f"objective.{k}": v for k, v in _objective_state(objective).items()}
@@ -158,7 +183,7 @@ def save_checkpoint(out_dir: Path, objective: DetailCLIPObjective, optimizer: to
     save_model(objective.model, out_dir, metadata=meta)
 
 
-def load_checkpoint(out_dir: Path, objective: DetailCLIPObjective, optimizer: torch.optim.Optimizer) -> int:
+def load_checkpoint(out_dir: Path, objective: Objective, optimizer: torch.optim.Optimizer) -> int:
     """Restore a run folder into ``objective`` and ``optimizer``; returns the step to continue from."""
     out_dir = Path(out_dir)
     for name in (MODEL_FILE, STATE_FILE, STATE_JSON):
@@ -197,9 +222,48 @@ def read_run_settings(out_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str
 
 # -- the loop ----------------------------------------------------------------------------------
 
+class TrainingRun:
+    """A set-up run: iterate it for its :class:`StepInfo` records; ``objective`` is what it trains."""
+
+    def __init__(self, steps: Iterator[StepInfo], objective: Objective, start_step: int):
+        self._steps = steps
+        self.objective = objective
+        self.start_step = start_step
+
+    def __iter__(self) -> "TrainingRun":
+        return self
+
+    def __next__(self) -> StepInfo:
+        return next(self._steps)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Python and NumPy, so that model initialisation is reproducible."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def check_batch_fits(num_samples: int, cfg: TrainConfig) -> None:
+    """Refuse data with fewer samples than one batch (before anything is built)."""
+    if num_samples < cfg.batch_size:
+        raise ConfigError(f"the data has {num_samples} samples, fewer than one batch of {cfg.batch_size}")
+
+
+def train_augment(image_size: int, data: str | Path):
+    """The two global views' augmentation for ``data`` at ``image_size``."""
+    from detailclip_cli.core.data import AugmentConfig
+
+    aug = AugmentConfig.for_image_size(image_size)
+    if str(data) == "demo":
+        # Demo captions say "left"/"right" and digits are chiral: a mirrored view would lie.
+        aug = dataclasses.replace(aug, hflip=0.0)
+    return aug
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
-          device: str = "auto", resume: bool = False, settings: dict[str, Any] | None = None) -> Iterator[StepInfo]:
-    """Pretrain DetailCLIP: set the run up now, and return a generator of its steps.
+          device: str = "auto", resume: bool = False, settings: dict[str, Any] | None = None) -> TrainingRun:
+    """Pretrain DetailCLIP: set the run up now, and return an iterator of its steps.
 
     The returned iterator yields a :class:`StepInfo` every ``cfg.log_every`` steps. Bad data,
     configs or resume folders raise here, before any step runs.
@@ -217,23 +281,47 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
         ConfigError, DataError: at the call, for unusable settings or data.
         TrainingError: while iterating, a loss became non-finite (the last good checkpoint is kept).
     """
-    from detailclip_cli.core.data import AugmentConfig, TwoViewDataset, read_samples
+    from detailclip_cli.core.data import TwoViewDataset, read_samples
 
     model_cfg.validate()
     cfg.validate(model_cfg)
     dev = resolve_device(device)
-    out_dir = Path(out_dir)
     samples = read_samples(data, split="train")
-    if len(samples) < cfg.batch_size:
-        raise ConfigError(f"the data has {len(samples)} samples, fewer than one batch of {cfg.batch_size}")
+    check_batch_fits(len(samples), cfg)
 
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    seed_everything(cfg.seed)
     model = DetailCLIP(model_cfg)
     objective = DetailCLIPObjective(model, cfg).to(dev)
-    optimizer = build_optimizer(model, cfg)
+    v = model_cfg.vision
+    dataset = TwoViewDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std,
+                             aug=train_augment(v.image_size, data), tokenize=model.tokenize, seed=cfg.seed)
 
+    def metrics(step: int) -> dict[str, float]:
+        return {"logit_scale": model.scale().item(), "teacher_temp_patch": objective.teacher_temp_patch(step)}
+
+    return fit(objective, dataset, cfg=cfg, data=data, out_dir=out_dir, device=dev, resume=resume,
+               settings=settings, metrics=metrics)
+
+
+def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, out_dir: Path,
+        device: torch.device, resume: bool = False, settings: dict[str, Any] | None = None,
+        metrics: Callable[[int], dict[str, float]] | None = None) -> TrainingRun:
+    """Set up the optimiser and the run folder (or resume it) for any objective, and return its steps.
+
+    Args:
+        objective: an :class:`Objective`, already on ``device``.
+        dataset: a ``TwoViewDataset`` (or subclass) whose items the objective takes.
+        cfg: the training settings.
+        data: the data spec, recorded in ``run.json``.
+        out_dir: the run folder (created).
+        device: where the objective lives.
+        resume: continue the run in ``out_dir`` from its last checkpoint.
+        settings: extra settings to record in ``run.json``.
+        metrics: figures to add to each logged step, ``metrics(step) -> {name: value}``;
+            defaults to the objective's ``extra_metrics`` when it has one.
+    """
+    out_dir = Path(out_dir)
+    optimizer = build_optimizer(objective, cfg)
     start = 0
     if resume:
         start = load_checkpoint(out_dir, objective, optimizer)
@@ -242,27 +330,28 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
         write_json(out_dir / RUN_FILE, {
-            "data": str(data), "device": str(dev), "detailclip_version": __version__,
+            "data": str(data), "device": str(device), "detailclip_version": __version__,
             "torch_version": torch.__version__, **(settings or {}),
-            "model": model_cfg.to_dict(), "train": cfg.to_dict(),
+            "model": objective.model.cfg.to_dict(), "train": cfg.to_dict(),
         })
-
-    v = model_cfg.vision
-    aug = AugmentConfig.for_image_size(v.image_size)
-    if str(data) == "demo":
-        # Demo captions say "left"/"right" and digits are chiral: a mirrored view would lie.
-        aug = dataclasses.replace(aug, hflip=0.0)
-    dataset = TwoViewDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std, aug=aug,
-                             tokenize=model.tokenize, seed=cfg.seed)
-    batches = iterate_batches(dataset, cfg, start, pin_memory=dev.type == "cuda")
+    batches = iterate_batches(dataset, cfg, start, pin_memory=device.type == "cuda")
+    metrics = metrics or getattr(objective, "extra_metrics", None)
     # Setup errors (data, config, resume) surface here, at the call; the steps run on iteration.
-    return _loop(objective, optimizer, batches, cfg=cfg, start=start, device=dev, out_dir=out_dir)
+    steps = _loop(objective, optimizer, batches, cfg=cfg, start=start, device=device, out_dir=out_dir,
+                  metrics=metrics)
+    return TrainingRun(steps, objective, start)
 
 
-def _loop(objective: DetailCLIPObjective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
-          cfg: TrainConfig, start: int, device: torch.device, out_dir: Path) -> Iterator[StepInfo]:
+# Batch keys the loop passes by position; the others (but ``index``) go to the objective by name.
+_POSITIONAL_KEYS = ("view1", "view2", "text", "index")
+
+
+def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
+          cfg: TrainConfig, start: int, device: torch.device, out_dir: Path,
+          metrics: Callable[[int], dict[str, float]] | None = None) -> Iterator[StepInfo]:
     """The steps themselves: forward, finiteness check, backward, optimiser, EMA, checkpoint, log."""
-    model, dev = objective.model, device
+    dev = device
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     use_amp = dev.type == "cuda"  # bf16 only on GPU: on CPU it is far slower than fp32
     objective.train()
     t_start = time.perf_counter()
@@ -272,9 +361,11 @@ def _loop(objective: DetailCLIPObjective, optimizer: torch.optim.Optimizer, batc
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        view1, view2, text = (batch[k].to(dev, non_blocking=True) for k in ("view1", "view2", "text"))
+        view1, view2 = (batch[k].to(dev, non_blocking=True) for k in ("view1", "view2"))
+        text = batch["text"].to(dev, non_blocking=True) if "text" in batch else None
+        views = {k: v.to(dev, non_blocking=True) for k, v in batch.items() if k not in _POSITIONAL_KEYS}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            losses = objective(view1, view2, text, step=step)
+            losses = objective(view1, view2, text, step=step, **views)
         bad = [k for k, val in losses.items() if k != "loss" and not torch.isfinite(val)]
         if bad or not torch.isfinite(losses["loss"]):
             term = bad[0] if bad else "loss"
@@ -285,7 +376,7 @@ def _loop(objective: DetailCLIPObjective, optimizer: torch.optim.Optimizer, batc
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         momentum = objective.update_teacher(step)
         n_since_log += view1.shape[0]
@@ -299,15 +390,11 @@ def _loop(objective: DetailCLIPObjective, optimizer: torch.optim.Optimizer, batc
             info = StepInfo(
                 step=done, total_steps=cfg.steps, losses={k: val.item() for k, val in losses.items()},
                 lr=lr, momentum=momentum, images_per_sec=n_since_log / max(now - t_log, 1e-9),
-                elapsed_s=now - t_start, saved=saved,
-                extra={"logit_scale": model.scale().item(),
-                       "teacher_temp_patch": objective.teacher_temp_patch(step)},
+                elapsed_s=now - t_start, saved=saved, extra=metrics(step) if metrics else {},
             )
             t_log, n_since_log = now, 0
             _append_metrics(out_dir / METRICS_FILE, info)
             yield info
-
-
 
 
 def _append_metrics(path: Path, info: StepInfo) -> None:

@@ -137,22 +137,41 @@ class VisionTransformer(nn.Module):
     def depth(self) -> int:
         return len(self.blocks)
 
-    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+    def embed_patches(self, images: torch.Tensor, *, interpolate_pos: bool = False) -> torch.Tensor:
         """Patch tokens with their position embedding, before any removal.
 
         Args:
-            images: (B, 3, H, W) with H, W the configured image size.
+            images: (B, 3, H, W) with H, W the configured image size, or any multiple of the
+                patch size when ``interpolate_pos`` is set.
+            interpolate_pos: accept another grid (e.g. DINO's small local crops) and resample
+                the position embedding to it with :meth:`patch_pos_embed`.
 
         Returns:
-            (B, L, D).
+            (B, L, D), L = (H / P) * (W / P).
         """
         h, w = images.shape[-2:]
-        if (h // self.patch_size, w // self.patch_size) != self.grid_size:
+        grid = (h // self.patch_size, w // self.patch_size)
+        if grid != self.grid_size and not interpolate_pos:
             raise ValueError(
                 f"images are {h}x{w} px but the model expects "
                 f"{self.grid_size[0] * self.patch_size}x{self.grid_size[1] * self.patch_size}"
             )
-        return self.patch_embed(images) + self.pos_embed[:, 1:]
+        return self.patch_embed(images) + self.patch_pos_embed(grid)
+
+    def patch_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The patch position embedding for a (gh, gw) grid, (1, gh * gw, D).
+
+        The learned table itself on the configured grid; on another grid, the table resampled
+        bicubically as a (D, gh, gw) image, so a smaller crop sees the same positions more
+        coarsely (DINO's ``interpolate_pos_encoding``). Gradients reach the learned table.
+        """
+        table = self.pos_embed[:, 1:]  # (1, L, D)
+        if tuple(grid) == self.grid_size:
+            return table
+        gh, gw = self.grid_size
+        image = table.reshape(1, gh, gw, self.width).permute(0, 3, 1, 2)  # (1, L, D) -> (1, D, gh, gw)
+        image = F.interpolate(image, size=tuple(grid), mode="bicubic", align_corners=False)
+        return image.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], self.width)  # -> (1, L', D)
 
     def forward_tokens(self, patches: torch.Tensor, return_cls_attn: bool = False):
         """Run the transformer over [CLS] plus the given (possibly subset of) patch tokens.

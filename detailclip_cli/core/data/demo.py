@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEMO_VERSION = "demo-v3"
+DEMO_VERSION = "demo-v4"
 DEMO_IMAGE_SIZE = 64
 DEMO_SPLIT_SIZES = {"train": 2000, "val": 500}
 DEMO_SEED = 20240906
@@ -103,7 +103,7 @@ ZERO_SHOT_TEMPLATES = (
     "the number {}, handwritten.",
 )
 
-DIGIT_SIZE_RANGE = (24, 36)  # pixels, inclusive
+DIGIT_SIZE_RANGE = (36, 52)  # pixels, inclusive
 VAL_DIGIT_FRACTION = 0.2
 # A colour must differ this much (RGB Euclidean distance) from most of the photo under the
 # strokes, so the digit stays visible; otherwise the most distant colour is used.
