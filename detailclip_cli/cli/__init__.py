@@ -22,13 +22,38 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-app.command("pretrain", no_args_is_help=False)(pretrain.pretrain)
-app.command("distill", no_args_is_help=False)(distill.distill)
-app.command("zero-shot", no_args_is_help=True)(zero_shot.zero_shot)
-app.command("attn-map", no_args_is_help=True)(attn_map.attn_map)
-app.command("reconstruct", no_args_is_help=True)(reconstruct.reconstruct)
-app.command("evaluate", no_args_is_help=False)(evaluate.evaluate)
-app.command("plot", no_args_is_help=True)(plot.plot)
+
+
+def _reflow(doc: str) -> str:
+    """Join a docstring's wrapped lines into paragraphs (Rich help keeps single newlines),
+    leaving indented lines (the examples) and blank-line breaks as they are."""
+    import inspect
+
+    paragraphs, current = [], []
+    for line in inspect.cleandoc(doc).splitlines():
+        if not line.strip() or line.startswith(" "):
+            if current:
+                paragraphs.append(" ".join(current))
+                current = []
+            paragraphs.append(line)
+        else:
+            current.append(line.strip())
+    if current:
+        paragraphs.append(" ".join(current))
+    return "\n".join(paragraphs)
+
+
+def _register(name: str, fn, *, no_args_is_help: bool) -> None:
+    app.command(name, help=_reflow(fn.__doc__ or ""), no_args_is_help=no_args_is_help)(fn)
+
+
+_register("pretrain", pretrain.pretrain, no_args_is_help=False)
+_register("distill", distill.distill, no_args_is_help=False)
+_register("zero-shot", zero_shot.zero_shot, no_args_is_help=True)
+_register("attn-map", attn_map.attn_map, no_args_is_help=True)
+_register("reconstruct", reconstruct.reconstruct, no_args_is_help=True)
+_register("evaluate", evaluate.evaluate, no_args_is_help=False)
+_register("plot", plot.plot, no_args_is_help=True)
 
 
 def _version(value: bool) -> None:
