@@ -130,3 +130,31 @@ def test_core_never_imports_cli_or_plotting_libraries():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_sigterm_saves_the_last_whole_step_and_resume_continues(demo_cache, tmp_path, small_config):
+    import signal
+
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "detailclip_cli", "pretrain", "--config", str(small_config),
+                             "--steps", "500", "--save-every", "1000", "--out", str(out), "--device", "cpu"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stderr:  # plain progress lines: stderr is not a terminal
+        lines.append(line)
+        if line.startswith("step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 1, "".join(lines) + rest
+    assert "saving after this step" in rest and "Traceback" not in rest
+    stopped = int(rest.split("stopped at step ")[1].split(";")[0])
+    assert stopped >= 2
+    assert json.loads((out / "train_state.json").read_text())["step"] == stopped
+    result = run_cli("pretrain", "--resume", str(out), "--steps", str(stopped + 1))
+    assert result.returncode == 0, result.stderr
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == stopped + 1 and len(steps) == len(set(steps))

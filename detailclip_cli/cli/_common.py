@@ -142,7 +142,7 @@ def drive(steps: Iterable, *, console, total: int, out_dir: Path, show: tuple[st
 
         warnings.showwarning = show_warning
         warnings.simplefilter("always", CollapseWarning)  # the run itself warns only once
-        with StepProgress(console, total, show=show) as progress:
+        with StepProgress(console, total, show=show) as progress, GracefulStop(steps, console):
             for info in steps:
                 progress.show(info)
                 last = info
@@ -151,6 +151,41 @@ def drive(steps: Iterable, *, console, total: int, out_dir: Path, show: tuple[st
             f"done: {last.step} steps in {last.elapsed_s:.0f}s, loss {last.losses['loss']:.3f}; "
             f"model in {out_dir}/model.safetensors, metrics in {out_dir}/metrics.jsonl"
         )
+
+
+class GracefulStop:
+    """While active, the first Ctrl-C or SIGTERM asks the run to save and stop after the current
+    step; a second Ctrl-C stops at once (the previous checkpoint stays intact)."""
+
+    def __init__(self, run, console):
+        self.run, self.console, self.saved = run, console, {}
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if getattr(self, "asked", False):
+            raise KeyboardInterrupt
+        self.asked = True
+        name = signal.Signals(signum).name
+        self.console.print(f"{name}: saving after this step (press Ctrl-C again to stop at once)",
+                           markup=False, highlight=False)
+        self.run.request_stop()
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if hasattr(self.run, "request_stop") and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def err_console():

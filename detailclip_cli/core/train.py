@@ -50,6 +50,10 @@ class TrainingError(WorkFailedError):
     """The run cannot go on (e.g. a non-finite loss); the message is one line for people."""
 
 
+class Interrupted(WorkFailedError):
+    """The run was asked to stop (Ctrl-C, SIGTERM); a checkpoint of the last whole step was saved."""
+
+
 class Objective(Protocol):
     """What the loop trains: an ``nn.Module`` holding the student as ``model``.
 
@@ -225,10 +229,18 @@ def read_run_settings(out_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str
 class TrainingRun:
     """A set-up run: iterate it for its :class:`StepInfo` records; ``objective`` is what it trains."""
 
-    def __init__(self, steps: Iterator[StepInfo], objective: Objective, start_step: int):
+    def __init__(self, steps: Iterator[StepInfo], objective: Objective, start_step: int, stop: dict):
         self._steps = steps
         self.objective = objective
         self.start_step = start_step
+        self._stop = stop
+
+    def request_stop(self) -> None:
+        """Finish the current step, save a checkpoint, then raise :class:`Interrupted`.
+
+        Safe to call from a signal handler: it only sets a flag the loop reads between steps.
+        """
+        self._stop["requested"] = True
 
     def __iter__(self) -> "TrainingRun":
         return self
@@ -337,9 +349,10 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
     batches = iterate_batches(dataset, cfg, start, pin_memory=device.type == "cuda")
     metrics = metrics or getattr(objective, "extra_metrics", None)
     # Setup errors (data, config, resume) surface here, at the call; the steps run on iteration.
+    stop = {"requested": False}
     steps = _loop(objective, optimizer, batches, cfg=cfg, start=start, device=device, out_dir=out_dir,
-                  metrics=metrics)
-    return TrainingRun(steps, objective, start)
+                  metrics=metrics, stop=stop)
+    return TrainingRun(steps, objective, start, stop)
 
 
 # Batch keys the loop passes by position; the others (but ``index``) go to the objective by name.
@@ -348,8 +361,14 @@ _POSITIONAL_KEYS = ("view1", "view2", "text", "index")
 
 def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
           cfg: TrainConfig, start: int, device: torch.device, out_dir: Path,
-          metrics: Callable[[int], dict[str, float]] | None = None) -> Iterator[StepInfo]:
-    """The steps themselves: forward, finiteness check, backward, optimiser, EMA, checkpoint, log."""
+          metrics: Callable[[int], dict[str, float]] | None = None,
+          stop: dict | None = None) -> Iterator[StepInfo]:
+    """The steps themselves: forward, finiteness check, backward, optimiser, EMA, checkpoint, log.
+
+    ``stop["requested"]``, checked between steps, saves the last whole step and raises
+    :class:`Interrupted` (a step is never cut in half, so the checkpoint is always consistent).
+    """
+    stop = stop if stop is not None else {"requested": False}
     dev = device
     params = [p for group in optimizer.param_groups for p in group["params"]]
     use_amp = dev.type == "cuda"  # bf16 only on GPU: on CPU it is far slower than fp32
@@ -357,6 +376,11 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
     t_start = time.perf_counter()
     t_log, n_since_log = t_start, 0
     for step in range(start, cfg.steps):
+        if stop["requested"]:
+            if step > start:
+                save_checkpoint(out_dir, objective, optimizer, step)
+            raise Interrupted(f"stopped at step {step}; the checkpoint is saved, continue with "
+                              f"`detailclip pretrain --resume {out_dir}` (or `distill --resume`)")
         batch = next(batches)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
