@@ -106,3 +106,16 @@ def test_lr_schedule():
     assert lr_at(10, cfg) == pytest.approx(1.0)
     assert lr_at(55, cfg) == pytest.approx(0.5)
     assert lr_at(100, cfg) == pytest.approx(0.0)
+
+
+def test_resume_refuses_checkpoint_files_from_different_steps(demo_cache, tmp_path):
+    from detailclip_cli.core.config import ConfigError
+    from detailclip_cli.core.io import save_tensors
+    from safetensors.torch import load_file
+
+    model_cfg, train_cfg = small_configs(steps=2, save_every=1)
+    list(train(model_cfg, train_cfg, out_dir=tmp_path, device="cpu"))
+    state = load_file(tmp_path / "train_state.safetensors")
+    save_tensors(tmp_path / "train_state.safetensors", state, {"step": "1"})  # as if the last save died half-way
+    with pytest.raises(ConfigError, match="from different steps"):
+        train(model_cfg, train_cfg, out_dir=tmp_path, device="cpu", resume=True)

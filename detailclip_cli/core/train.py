@@ -194,6 +194,11 @@ def load_checkpoint(out_dir: Path, objective: Objective, optimizer: torch.optim.
         if not (out_dir / name).exists():
             raise ConfigError(f"cannot resume: {out_dir / name} is missing")
     meta = json.loads((out_dir / STATE_JSON).read_text())
+    # A crash between the writes of one checkpoint could leave files of two different steps.
+    steps = {name: _step_tag(out_dir / name) for name in (MODEL_FILE, STATE_FILE)}
+    if len({*steps.values(), str(meta["step"])}) != 1:
+        raise ConfigError(f"cannot resume: the checkpoint files in {out_dir} are from different steps "
+                          f"({', '.join(f'{k}: {v}' for k, v in steps.items())}, {STATE_JSON}: {meta['step']})")
     model_state = load_tensors(out_dir / MODEL_FILE)
     objective.model.load_state_dict(model_state)
     tensors = load_tensors(out_dir / STATE_FILE)
@@ -213,6 +218,14 @@ def load_checkpoint(out_dir: Path, objective: Objective, optimizer: torch.optim.
     npst = meta["rng_numpy"]
     np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
     return int(meta["step"])
+
+
+def _step_tag(path: Path) -> str | None:
+    """The ``step`` a checkpoint file was written at (safetensors header metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("step")
 
 
 def read_run_settings(out_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
