@@ -119,3 +119,33 @@ def test_resume_refuses_checkpoint_files_from_different_steps(demo_cache, tmp_pa
     save_tensors(tmp_path / "train_state.safetensors", state, {"step": "1"})  # as if the last save died half-way
     with pytest.raises(ConfigError, match="from different steps"):
         train(model_cfg, train_cfg, out_dir=tmp_path, device="cpu", resume=True)
+
+
+def _caption_folder(root, good: int, broken: int):
+    from PIL import Image
+
+    root.mkdir()
+    for i in range(good):
+        Image.new("RGB", (64, 64), (10 * i, 100, 200)).save(root / f"g{i:02d}.png")
+        (root / f"g{i:02d}.txt").write_text(f"a picture with {i} in it")
+    for i in range(broken):
+        (root / f"b{i:02d}.png").write_bytes(b"not a png at all")
+        (root / f"b{i:02d}.txt").write_text("a broken picture")
+    return root
+
+
+def test_unreadable_samples_are_skipped_and_counted(tmp_path):
+    data = _caption_folder(tmp_path / "data", good=23, broken=1)
+    model_cfg, train_cfg = small_configs(steps=6, batch_size=4, save_every=6, max_bad_fraction=0.1)
+    infos = list(train(model_cfg, train_cfg, data=str(data), out_dir=tmp_path / "run", device="cpu"))
+    assert infos[-1].step == 6
+    assert infos[-1].extra["bad_samples"] == 1  # one epoch of 6 batches read every sample once
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["bad_samples"] == 1
+
+
+def test_mostly_broken_data_stops_with_an_example(tmp_path):
+    data = _caption_folder(tmp_path / "data", good=6, broken=6)
+    model_cfg, train_cfg = small_configs(steps=3, batch_size=4, max_bad_fraction=0.05)
+    with pytest.raises(TrainingError, match=r"could not be read \(more than max_bad_fraction 0.05\), e.g. .*b0"):
+        list(train(model_cfg, train_cfg, data=str(data), out_dir=tmp_path / "run", device="cpu"))

@@ -58,6 +58,7 @@ def distill(
     workers: opts.WorkersOpt = None,
     log_every: opts.LogEveryOpt = None,
     save_every: opts.SaveEveryOpt = None,
+    max_bad_fraction: opts.MaxBadOpt = None,
     resume: opts.ResumeOpt = None,
 ) -> None:
     """Distil a student from a teacher using images only (captions are not needed); writes a run folder.

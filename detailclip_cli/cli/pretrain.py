@@ -36,6 +36,7 @@ def pretrain(
     workers: opts.WorkersOpt = None,
     log_every: opts.LogEveryOpt = None,
     save_every: opts.SaveEveryOpt = None,
+    max_bad_fraction: opts.MaxBadOpt = None,
     resume: opts.ResumeOpt = None,
 ) -> None:
     """Pretrain DetailCLIP on image-caption data; writes a run folder.

@@ -167,6 +167,7 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 0.0  # 0 = off
     # run
+    max_bad_fraction: float = 0.05  # stop when more of the samples seen than this are unreadable
     seed: int = 0
     workers: int = 0
     log_every: int = 10
@@ -192,6 +193,8 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.score_layer not in ("mean", "last") and not str(self.score_layer).lstrip("-").isdigit():

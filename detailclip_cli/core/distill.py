@@ -124,7 +124,7 @@ class MultiCropDataset(TwoViewDataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         """A :class:`TwoViewDataset` item plus ``local_views`` (N, 3, h, h) when N > 0."""
         item = super().__getitem__(i)
-        if self.local_crops:
+        if self.local_crops and "bad" not in item:
             image = load_image(self.samples[i].image)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(item_seed(self.seed, self.epoch, i) ^ _LOCAL_STREAM)

@@ -142,6 +142,8 @@ def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, pin_memory: b
     """
     from torch.utils.data import DataLoader
 
+    from detailclip_cli.core.data import collate_skipping_bad
+
     per_epoch = len(dataset) // cfg.batch_size
     if per_epoch == 0:
         raise ConfigError(f"the data has {len(dataset)} samples, fewer than one batch of {cfg.batch_size}")
@@ -151,7 +153,7 @@ def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, pin_memory: b
         dataset.set_epoch(epoch)
         order = epoch_order(len(dataset), epoch, cfg.seed)[offset * cfg.batch_size: per_epoch * cfg.batch_size]
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, drop_last=True,
-                            num_workers=cfg.workers, pin_memory=pin_memory)
+                            num_workers=cfg.workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad)
         for batch in loader:
             yield batch
             step += 1
@@ -388,6 +390,7 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
     objective.train()
     t_start = time.perf_counter()
     t_log, n_since_log = t_start, 0
+    seen, bad_count = 0, 0  # samples drawn / unreadable ones skipped
     for step in range(start, cfg.steps):
         if stop["requested"]:
             if step > start:
@@ -395,6 +398,17 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
             raise Interrupted(f"stopped at step {step}; the checkpoint is saved, continue with "
                               f"`detailclip pretrain --resume {out_dir}` (or `distill --resume`)")
         batch = next(batches)
+        unreadable = batch.pop("bad")
+        bad_count += len(unreadable)
+        seen += len(unreadable) + (len(batch["view1"]) if "view1" in batch else 0)
+        # Judged against at least one batch, so one broken file early on does not stop the run.
+        if unreadable and bad_count > cfg.max_bad_fraction * max(seen, cfg.batch_size):
+            raise TrainingError(
+                f"{bad_count} of {seen} samples could not be read (more than max_bad_fraction "
+                f"{cfg.max_bad_fraction}), e.g. {unreadable[0]}"
+            )
+        if "view1" not in batch or len(batch["view1"]) < 2:
+            continue  # nothing (or one image: no contrastive pair) left to learn from this step
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -427,7 +441,8 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
             info = StepInfo(
                 step=done, total_steps=cfg.steps, losses={k: val.item() for k, val in losses.items()},
                 lr=lr, momentum=momentum, images_per_sec=n_since_log / max(now - t_log, 1e-9),
-                elapsed_s=now - t_start, saved=saved, extra=metrics(step) if metrics else {},
+                elapsed_s=now - t_start, saved=saved,
+                extra={**(metrics(step) if metrics else {}), "bad_samples": bad_count},
             )
             t_log, n_since_log = now, 0
             _append_metrics(out_dir / METRICS_FILE, info)

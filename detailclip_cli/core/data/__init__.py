@@ -1,6 +1,6 @@
 """The data layer: readers for user data specs, the built-in demo set, transforms, datasets."""
 
-from detailclip_cli.core.data.dataset import EvalDataset, TwoViewDataset, item_seed
+from detailclip_cli.core.data.dataset import EvalDataset, TwoViewDataset, collate_skipping_bad, item_seed
 from detailclip_cli.core.data.demo import DEMO_VERSION, default_cache_dir, demo_root, generate_demo
 from detailclip_cli.core.data.readers import (
     IMAGE_EXTENSIONS,
@@ -29,6 +29,7 @@ __all__ = [
     "Sample",
     "TwoViewDataset",
     "class_names",
+    "collate_skipping_bad",
     "default_cache_dir",
     "demo_root",
     "generate_demo",

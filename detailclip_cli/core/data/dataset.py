@@ -81,10 +81,15 @@ class TwoViewDataset(Dataset):
 
         Returns:
             ``view1`` and ``view2`` float ``(3, H, W)``; ``text`` long ``(context,)`` when a
-            tokenizer was given; ``index`` long scalar.
+            tokenizer was given; ``index`` long scalar. For an image that cannot be read,
+            ``{"bad": message}`` instead: training skips and counts it rather than dying on
+            one broken file (see :func:`collate_skipping_bad`).
         """
         sample = self.samples[i]
-        image = load_image(sample.image)
+        try:
+            image = load_image(sample.image)
+        except DataError as exc:
+            return {"bad": str(exc)}
         # fork_rng restores the global CPU generator on exit; devices=[] keeps it off CUDA.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.seed, self.epoch, i))
@@ -157,3 +162,13 @@ class EvalDataset(Dataset):
                 raise DataError(f"label {sample.label!r} of {sample.image} is not among the classes")
             item["label"] = torch.tensor(self.class_index[sample.label], dtype=torch.long)
         return item
+
+
+def collate_skipping_bad(items: list[dict]) -> dict:
+    """Collate the readable items of a batch; ``batch["bad"]`` lists the messages of the others."""
+    from torch.utils.data import default_collate
+
+    good = [item for item in items if "bad" not in item]
+    batch = default_collate(good) if good else {}
+    batch["bad"] = [item["bad"] for item in items if "bad" in item]
+    return batch
