@@ -10,29 +10,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from detailclip_cli.core.config import load_preset
 from detailclip_cli.core.io import CONFIG_FILE, MODEL_FILE, ModelLoadError, load_model, save_model
 from detailclip_cli.core.model import DetailCLIP
 from detailclip_cli.errors import UsageError
-
-
-def _small_cfg():
-    model, _ = load_preset("tiny")
-    r = dataclasses.replace
-    return r(
-        model,
-        embed_dim=32,
-        vision=r(model.vision, width=48, depth=2, heads=3),
-        text=r(model.text, vocab_size=500, context_length=8, width=32, heads=2, layers=1),
-        decoder=r(model.decoder, width=32, heads=2),
-        head=r(model.head, out_dim=64, hidden_dim=64, bottleneck_dim=32),
-    )
+from test_model import small_model_cfg  # tests/ is on sys.path (pytest rootdir-less import)
 
 
 @pytest.fixture(scope="module")
 def model() -> DetailCLIP:
     torch.manual_seed(0)
-    m = DetailCLIP(_small_cfg()).eval()
+    m = DetailCLIP(small_model_cfg()).eval()
     with torch.no_grad():  # make every tensor non-default so a lost tensor would show
         for p in m.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -85,7 +72,7 @@ def test_fp16_storage_loads_as_fp32_with_close_outputs(model, tmp_path, inputs):
 
 def test_model_without_head_and_decoder_round_trips(tmp_path, inputs):
     torch.manual_seed(1)
-    m = DetailCLIP(dataclasses.replace(_small_cfg(), head=None, decoder=None)).eval()
+    m = DetailCLIP(dataclasses.replace(small_model_cfg(), head=None, decoder=None)).eval()
     loaded = load_model(save_model(m, tmp_path / "clip"))
     assert loaded.head is None and loaded.decoder is None
     with torch.no_grad():

@@ -145,8 +145,7 @@ def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, pin_memory: b
     from detailclip_cli.core.data import collate_skipping_bad
 
     per_epoch = len(dataset) // cfg.batch_size
-    if per_epoch == 0:
-        raise ConfigError(f"the data has {len(dataset)} samples, fewer than one batch of {cfg.batch_size}")
+    check_batch_fits(len(dataset), cfg)
     step = start_step
     while True:
         epoch, offset = divmod(step, per_epoch)
