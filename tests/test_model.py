@@ -324,3 +324,55 @@ def test_teacher_stays_in_eval_mode():
     assert obj.model.training and not obj.teacher.training
     obj.eval()
     assert not obj.model.training and not obj.teacher.training
+
+
+@pytest.mark.parametrize("keep_ratio", [0.5, 1.0])
+def test_distill_losses_equal_the_full_grid_computation(keep_ratio):
+    """Running the student head on [CLS] + removed positions only gives the losses (and centre)
+    of running it on the whole grid and counting the removed positions by mask."""
+    from detailclip_cli.core.losses import ClsDistillLoss, PatchDistillLoss
+
+    obj = _objective(train_changes={"keep_ratio": keep_ratio})
+    images = torch.cat([_images(B, seed=10), _images(B, seed=11)])
+    teacher_tokens, scores = obj.teacher_pass(images)
+    removal = obj.remove(obj.model.visual.embed_patches(images), scores, step=0)
+    student_tokens = torch.randn(2 * B, 65, 48, generator=torch.Generator().manual_seed(4))
+    got = obj.distill_losses(student_tokens, teacher_tokens, removal, step=0)
+
+    s_out, t_out = obj.model.head(student_tokens), obj.teacher.head(teacher_tokens)
+    cls_ref = ClsDistillLoss(64, obj.cfg.center_momentum)
+    patch_ref = PatchDistillLoss(64, obj.cfg.center_momentum)
+    shape = (2, B, -1)
+    want_cls = cls_ref(teacher_out=t_out[:, 0].reshape(shape), student_out=s_out[:, 0].reshape(shape),
+                       teacher_temp=obj.cfg.teacher_temp_cls, student_temp=obj.cfg.student_temp)
+    want_patch = patch_ref(teacher_out=t_out[:, 1:], student_out=s_out[:, 1:], mask=removal.mask,
+                           teacher_temp=obj.teacher_temp_patch(0), student_temp=obj.cfg.student_temp)
+    torch.testing.assert_close(got["cls"], want_cls)
+    torch.testing.assert_close(got["patch"], want_patch)
+    torch.testing.assert_close(obj.patch_loss.center, patch_ref.center)  # every patch, not the counted ones
+    assert bool(removal.mask.any()) == (keep_ratio < 1.0)
+
+
+def test_conv_stem_tokens_and_config_checks():
+    from detailclip_cli.core.config import ConfigError
+
+    cfg = small_model_cfg()
+    vit = VisionTransformer(dataclasses.replace(cfg.vision, stem="conv"))
+    # three stride-2 stages (8 px patches), channels doubling up to width / 2, then 1x1 to width
+    convs = [m for m in vit.patch_embed.body if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(3, 8, (2, 2)), (8, 12, (2, 2)), (12, 24, (2, 2))]
+    assert vit.patch_embed.proj.out_channels == 48
+    assert vit.embed_patches(_images(2)).shape == (2, 64, 48)
+    # a token depends on its own patch and a few neighbouring pixels, not on the far side
+    x = _images(1)
+    y = x.clone()
+    y[..., 40:, 40:] += 1.0
+    a, b = vit.patch_embed(x), vit.patch_embed(y)
+    torch.testing.assert_close(a[:, 0], b[:, 0])  # top-left patch: unchanged
+    assert not torch.allclose(a[:, 63], b[:, 63])
+    # a per-pixel norm: an image's tokens do not depend on the rest of the batch
+    torch.testing.assert_close(vit.patch_embed(torch.cat([x, y]))[:1], a)
+    for bad, msg in [({"stem": "resnet"}, "stem must be patch or conv"),
+                     ({"stem": "conv", "patch_size": 6, "image_size": 60}, "power-of-two patch_size")]:
+        with pytest.raises(ConfigError, match=msg):
+            dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **bad)).validate()

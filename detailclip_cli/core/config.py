@@ -44,6 +44,12 @@ class VisionConfig:
     norm_eps: float = 1e-6
     act: str = "gelu"  # gelu | quick_gelu
     patch_bias: bool = True
+    # "patch": one linear projection per patch (ViT, CLIP). "conv": a stack of stride-2 3x3
+    # convolutions down to the patch grid (Xiao et al. 2021, "Early convolutions help
+    # transformers see better"); it needs far less data to learn shapes, which is what a tiny
+    # model trained for minutes on a CPU lacks. Each token then also sees a few pixels of its
+    # neighbours (receptive field patch_size + 2 * (patch_size - 1)), before any removal.
+    stem: str = "patch"
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -121,6 +127,10 @@ class ModelConfig:
             raise ConfigError(
                 f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}"
             )
+        if v.stem not in ("patch", "conv"):
+            raise ConfigError(f"vision stem must be patch or conv, not {v.stem!r}")
+        if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):
+            raise ConfigError(f"a conv stem needs a power-of-two patch_size, not {v.patch_size}")
         for name, width, heads in [
             ("vision", v.width, v.heads),
             ("text", self.text.width, self.text.heads),

@@ -133,7 +133,8 @@ class PatchDistillLoss(_Centered):
     """iBOT patch loss: the student's patch distributions match the teacher's, same view."""
 
     def forward(self, *, teacher_out: torch.Tensor, student_out: torch.Tensor, mask: torch.Tensor,
-                teacher_temp: float, student_temp: float = 0.1) -> torch.Tensor:
+                teacher_temp: float, student_temp: float = 0.1,
+                center_with: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             teacher_out: (B, L, C) teacher patch logits.
@@ -141,17 +142,20 @@ class PatchDistillLoss(_Centered):
             mask: (B, L) bool, the positions that count (removed patches); all when none set.
             teacher_temp: sharpening temperature for the teacher.
             student_temp: temperature for the student.
+            center_with: (B, L', C) the teacher logits the centre is updated with, when the
+                caller passes only a subset of positions as ``teacher_out`` (the centre must
+                still follow every patch); defaults to ``teacher_out``.
 
         Returns:
             Scalar: per-sample mean cross-entropy over the counted positions, averaged over B.
-            Updates the centre with all teacher patch logits afterwards.
+            Updates the centre afterwards.
         """
         q = self.teacher_probs(teacher_out, teacher_temp)  # (B, L, C)
         log_p = F.log_softmax(student_out.float() / student_temp, dim=-1)  # (B, L, C)
         ce = -(q * log_p).sum(-1)  # (B, L)
         weight = mask.float() if mask.any() else torch.ones_like(ce)
         per_sample = (ce * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)  # (B,)
-        self.update_center(teacher_out)
+        self.update_center(teacher_out if center_with is None else center_with)
         return per_sample.mean()
 
 

@@ -162,17 +162,28 @@ class DetailCLIPObjective(nn.Module):
             removal: the removal that produced the student's input.
             step: global step, for the patch temperature warm-up.
         """
-        student_out = self.model.head(student_tokens)  # (VB, 1 + *, C)
         teacher_out = self.teacher.head(teacher_tokens)  # (VB, 1 + L, C)
-        vb = teacher_out.shape[0]
-        t_patch = teacher_out[:, 1:]
-        if student_out.shape[1] == teacher_out.shape[1]:
-            mask = removal.mask  # full grid: the loss counts removed positions
+        vb, full = teacher_out.shape[0], student_tokens.shape[1] == teacher_out.shape[1]
+        if full and removal.mask.any():
+            # Decoder features on the full grid, of which only the removed positions count: run
+            # the student head (a per-token MLP into out_dim logits, the costliest layer after
+            # the towers) on [CLS] and those alone. Every sample removes the same number.
+            positions = removal.mask.nonzero()[:, 1].view(vb, -1)  # (VB, L - K), ascending
+        elif full:
+            positions = None  # nothing was removed: every position counts
         else:
-            # Without a decoder the student only has kept positions: compare those.
-            ids = removal.ids_keep.unsqueeze(-1).expand(-1, -1, t_patch.shape[-1])
-            t_patch = torch.gather(t_patch, 1, ids)  # (VB, L, C) -> (VB, K, C)
-            mask = torch.zeros(ids.shape[:2], dtype=torch.bool, device=ids.device)
+            positions = removal.ids_keep  # no decoder: the student has the kept positions only
+        t_patch = teacher_out[:, 1:]
+        if positions is not None:
+            if full:
+                rows = torch.cat([positions.new_zeros(vb, 1), positions + 1], dim=1)  # (VB, 1 + M)
+                rows = rows.unsqueeze(-1).expand(-1, -1, student_tokens.shape[-1])
+                student_tokens = torch.gather(student_tokens, 1, rows)  # (VB, 1 + M, D)
+            ids = positions.unsqueeze(-1).expand(-1, -1, t_patch.shape[-1])
+            t_patch = torch.gather(t_patch, 1, ids)  # (VB, L, C) -> (VB, M, C)
+        student_out = self.model.head(student_tokens)  # (VB, 1 + M, C)
+        # Every compared position counts: the removed ones with a decoder, the kept ones without.
+        mask = torch.ones(t_patch.shape[:2], dtype=torch.bool, device=t_patch.device)
         shape = (NUM_VIEWS, vb // NUM_VIEWS, -1)
         return {
             "cls": self.cls_loss(
@@ -182,5 +193,6 @@ class DetailCLIPObjective(nn.Module):
             "patch": self.patch_loss(
                 teacher_out=t_patch, student_out=student_out[:, 1:], mask=mask,
                 teacher_temp=self.teacher_temp_patch(step), student_temp=self.cfg.student_temp,
+                center_with=teacher_out[:, 1:],
             ),
         }

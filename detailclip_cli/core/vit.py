@@ -104,6 +104,41 @@ class PatchEmbed(nn.Module):
         return self.proj(images).flatten(2).transpose(1, 2)
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of a (B, C, H, W) map (ConvNeXt's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvStem(nn.Module):
+    """Stride-2 3x3 convolutions (channel LayerNorm, GELU) from pixels to the patch grid, then a
+    1x1 projection to the token width. Channels double per stage, ending at ``width / 2``. The
+    norm is per pixel, not BatchNorm or GroupNorm: a token depends only on the pixels in its
+    receptive field, never on the rest of the image or of the batch, so the teacher, the
+    student and inference compute the same function."""
+
+    def __init__(self, patch_size: int, width: int, bias: bool = True):
+        super().__init__()
+        self.patch_size = patch_size
+        stages = patch_size.bit_length() - 1  # log2(patch_size)
+        layers, c_in = [], 3
+        for i in range(stages):
+            c_out = max(8, width >> (stages - i))
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                ChannelNorm(c_out, eps=1e-6),
+                nn.GELU(),
+            ]
+            c_in = c_out
+        self.body = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c_in, width, 1, bias=bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, L, D) in row-major grid order."""
+        return self.proj(self.body(images)).flatten(2).transpose(1, 2)
+
+
 class VisionTransformer(nn.Module):
     """ViT image tower: patch embedding, [CLS], learned position embedding, blocks, final norm."""
 
@@ -113,7 +148,8 @@ class VisionTransformer(nn.Module):
         self.patch_size = cfg.patch_size
         self.grid_size = cfg.grid_size
         self.width = cfg.width
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias)
+        stem = ConvStem if cfg.stem == "conv" else PatchEmbed
+        self.patch_embed = stem(cfg.patch_size, cfg.width, cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, cfg.width))
         self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
