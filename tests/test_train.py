@@ -149,3 +149,23 @@ def test_mostly_broken_data_stops_with_an_example(tmp_path):
     model_cfg, train_cfg = small_configs(steps=3, batch_size=4, max_bad_fraction=0.05)
     with pytest.raises(TrainingError, match=r"could not be read \(more than max_bad_fraction 0.05\), e.g. .*b0"):
         list(train(model_cfg, train_cfg, data=str(data), out_dir=tmp_path / "run", device="cpu"))
+
+
+def test_compiled_blocks_give_the_same_losses_and_checkpoint_keys(demo_cache, tmp_path):
+    from safetensors.torch import load_file
+
+    model_cfg, train_cfg = small_configs(steps=2, save_every=2)
+    model_cfg.vision.depth, model_cfg.vision.width, model_cfg.vision.heads = 1, 48, 2
+    model_cfg.decoder = None  # fewer distinct blocks to compile: student and teacher share a shape
+    plain = list(train(model_cfg, train_cfg, out_dir=tmp_path / "plain", device="cpu"))
+    compiled_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "compile": True})
+    run = train(model_cfg, compiled_cfg, out_dir=tmp_path / "compiled", device="cpu")
+    compiled = list(run)
+    from detailclip_cli.core.vit import Block
+
+    blocks = [m for m in run.objective.modules() if isinstance(m, Block)]
+    assert len(blocks) == 2 and all(b._compiled_call_impl is not None for b in blocks)  # set by Module.compile
+    for a, b in zip(plain, compiled):
+        assert a.losses == pytest.approx(b.losses, rel=1e-4, abs=1e-5)
+    assert load_file(tmp_path / "plain" / "model.safetensors").keys() == \
+        load_file(tmp_path / "compiled" / "model.safetensors").keys()

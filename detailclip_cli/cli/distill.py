@@ -59,6 +59,7 @@ def distill(
     log_every: opts.LogEveryOpt = None,
     save_every: opts.SaveEveryOpt = None,
     max_bad_fraction: opts.MaxBadOpt = None,
+    compile: opts.CompileOpt = None,
     resume: opts.ResumeOpt = None,
 ) -> None:
     """Distil a student from a teacher using images only (captions are not needed); writes a run folder.

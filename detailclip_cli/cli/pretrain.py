@@ -37,6 +37,7 @@ def pretrain(
     log_every: opts.LogEveryOpt = None,
     save_every: opts.SaveEveryOpt = None,
     max_bad_fraction: opts.MaxBadOpt = None,
+    compile: opts.CompileOpt = None,
     resume: opts.ResumeOpt = None,
 ) -> None:
     """Pretrain DetailCLIP on image-caption data; writes a run folder.

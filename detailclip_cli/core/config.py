@@ -180,6 +180,9 @@ class TrainConfig:
     max_bad_fraction: float = 0.05  # stop when more of the samples seen than this are unreadable
     seed: int = 0
     workers: int = 0
+    # torch.compile every transformer block (vision towers, decoder) in place: state-dict keys
+    # stay the same, so checkpoints do not depend on it. Pays a compile time at the start.
+    compile: bool = False
     log_every: int = 10
     save_every: int = 200
 

@@ -428,6 +428,8 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
             "torch_version": torch.__version__, **(settings or {}),
             "model": objective.model.cfg.to_dict(), "train": cfg.to_dict(),
         })
+    if cfg.compile:
+        compile_blocks(objective)
     batches = iterate_batches(dataset, cfg, start, pin_memory=device.type == "cuda")
     metrics = metrics or getattr(objective, "extra_metrics", None)
     # Setup errors (data, config, resume) surface here, at the call; the steps run on iteration.
@@ -435,6 +437,21 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
     steps = _loop(objective, optimizer, batches, cfg=cfg, start=start, device=device, out_dir=out_dir,
                   metrics=metrics, stop=stop)
     return TrainingRun(steps, objective, start, stop)
+
+
+def compile_blocks(module: torch.nn.Module) -> int:
+    """``torch.compile`` each transformer block under ``module`` in place; returns how many.
+
+    Blocks, not the whole objective: their shapes are fixed within a run (the kept-token count
+    is), so each compiles once, and ``Module.compile`` keeps parameter names, so checkpoints
+    are the same with and without it.
+    """
+    from detailclip_cli.core.vit import Block
+
+    blocks = [m for m in module.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
 
 
 # Batch keys the loop passes by position; the others (but ``index``) go to the objective by name.
