@@ -134,3 +134,46 @@ def test_unknown_name_and_missing_weights_are_one_line_errors(tiny_weights, tmp_
     with pytest.raises(ModelLoadError) as info:
         resolve_model(f"open_clip:{name}", pretrained=str(tmp_path / "missing.pt"))
     assert name in str(info.value) and "\n" not in str(info.value)
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that a pickle ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_not_run(tiny_weights, tmp_path):
+    name, _ = tiny_weights
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"x": _Payload(marker)}}, evil)
+    assert not marker.exists()
+    with pytest.raises(ModelLoadError) as info:
+        resolve_model(f"open_clip:{name}", pretrained=str(evil))
+    assert not marker.exists()
+    assert "evil.pt" in str(info.value) or name in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_hub_tags_respect_hf_hub_offline(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    result = subprocess.run(
+        [sys.executable, "-m", "detailclip_cli", "zero-shot", str(image), "--labels", "a,b",
+         "--model", "open_clip:ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load open_clip model 'ViT-B-32'"), result.stderr
+    assert "Traceback" not in result.stderr

@@ -66,9 +66,19 @@ def load_open_clip(name: str, pretrained: str | None = None, *, device: str | to
         raise ModelLoadError(
             f"unknown open_clip model {name!r} (open_clip.list_models() names the architectures)"
         )
+    import logging
+    import pickle
+
     try:
-        oc_model = open_clip.create_model(name, pretrained=pretrained or None, device="cpu")
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        # open_clip reads local .pt/.bin files with torch.load(weights_only=True): a pickle that
+        # holds anything but tensors and containers is refused (UnpicklingError), never run.
+        # open_clip also logs its failures on the root logger; the error below says it in one line.
+        logging.disable(logging.ERROR)
+        try:
+            oc_model = open_clip.create_model(name, pretrained=pretrained or None, device="cpu")
+        finally:
+            logging.disable(logging.NOTSET)
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         what = f" with pretrained={pretrained!r}" if pretrained else ""
         raise ModelLoadError(f"cannot load open_clip model {name!r}{what}: {first}") from None
