@@ -144,6 +144,21 @@ def test_unreadable_samples_are_skipped_and_counted(tmp_path):
     assert last["bad_samples"] == 1
 
 
+def test_caption_problems_are_counted_in_run_json(tmp_path):
+    data = _caption_folder(tmp_path / "data", good=10, broken=0)
+    (data / "g00.txt").write_text("   \n")  # empty: the sample is skipped
+    (data / "g01.txt").write_bytes(b"caf\xe9 on a table")  # not UTF-8: repaired
+    (data / "g02.txt").write_text("word " * 200)  # far longer than the 32-token context
+    model_cfg, train_cfg = small_configs(steps=1, batch_size=4, save_every=1)
+    run = train(model_cfg, train_cfg, data=str(data), out_dir=tmp_path / "run", device="cpu")
+    list(run)
+    counts = json.loads((tmp_path / "run" / "run.json").read_text())["data_report"]
+    assert counts["samples"] == 9 and counts["empty_captions"] == 1
+    assert counts["invalid_utf8"] == 1 and counts["truncated_captions"] == 1
+    assert "g00.txt" in counts["examples"]["empty_captions"]
+    assert run.data_report.summary().startswith("1 empty_captions")
+
+
 def test_mostly_broken_data_stops_with_an_example(tmp_path):
     data = _caption_folder(tmp_path / "data", good=6, broken=6)
     model_cfg, train_cfg = small_configs(steps=3, batch_size=4, max_bad_fraction=0.05)

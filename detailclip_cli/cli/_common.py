@@ -132,6 +132,10 @@ def drive(steps: Iterable, *, console, total: int, out_dir: Path, show: tuple[st
 
     from detailclip_cli.core.collapse import CollapseWarning
 
+    report = getattr(steps, "data_report", None)
+    if report is not None and report.summary():
+        console.print(f"data: {report.samples} samples; {report.summary()} (counts in run.json)",
+                      style="yellow", markup=False, highlight=False, soft_wrap=True)
     last = None
     with warnings.catch_warnings():
         python_show = warnings.showwarning

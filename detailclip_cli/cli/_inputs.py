@@ -1,10 +1,12 @@
 """Expand a command's ``IMAGES...`` arguments into image paths.
 
-Each argument is a file (kept as given, even without an image extension, so a bad file is
-reported rather than silently skipped), a folder (its image files, recursively, sorted, masks
+Each argument is a file (kept as given, even without an image extension, a broken link or a
+pipe, so a bad file is reported rather than silently skipped), a folder (its image files, recursively, sorted, masks
 ``*.mask.png`` and hidden entries skipped), a glob (``'imgs/*.jpg'``, ``'**'`` recursive; image
 files among the matches), or ``-`` (one path per line on stdin, each expanded the same way).
-Order is preserved and repeats are dropped; arguments that match nothing are returned as missing.
+Order is preserved and repeats are dropped; arguments that match nothing are returned as missing,
+folders given by name that hold no image as empty. Folders are walked following symbolic links,
+each real folder once, so a link loop cannot hang the walk or repeat its images.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ class Inputs:
     Attributes:
         paths: image paths in input order, each once.
         missing: arguments that named no file, folder or glob match.
+        empty: folder arguments with no image file inside.
     """
 
     paths: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
 
 
 def expand_inputs(args: list[str], *, stdin: TextIO | None = None) -> Inputs:
@@ -40,18 +44,21 @@ def expand_inputs(args: list[str], *, stdin: TextIO | None = None) -> Inputs:
     seen: set[Path] = set()
 
     def add(path: Path) -> None:
-        key = path.resolve()
+        key = _identity(path)
         if key not in seen:
             seen.add(key)
             out.paths.append(path)
 
     def expand(arg: str) -> None:
-        path = Path(arg).expanduser()
+        path = _expanduser(arg)
         if path.is_dir():
-            for found in _walk_images(path, is_image_file):
-                add(found)
-        elif path.is_file():
-            add(path)
+            found = _walk_images(path, is_image_file)
+            if not found:
+                out.empty.append(arg)
+            for image in found:
+                add(image)
+        elif path.exists() or path.is_symlink():
+            add(path)  # a broken link or a pipe too: loading it says what is wrong
         elif GLOB_CHARS & set(arg):
             matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
             found_any = False
@@ -80,10 +87,28 @@ def expand_inputs(args: list[str], *, stdin: TextIO | None = None) -> Inputs:
     return out
 
 
+def _identity(path: Path) -> Path:
+    """The real path of ``path``, to spot repeats; for a link that loops, its folder's real path
+    and its own name (kept, so loading it names the problem)."""
+    for candidate in (path, path.parent):
+        try:
+            real = candidate.resolve()
+        except (OSError, RuntimeError):
+            continue
+        return real if candidate is path else real / path.name
+    return path.absolute()
+
+
+def _expanduser(arg: str) -> Path:
+    """``~`` expanded, or the argument as it is when that home is unknown."""
+    try:
+        return Path(arg).expanduser()
+    except RuntimeError:
+        return Path(arg)
+
+
 def _walk_images(folder: Path, is_image_file) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
-    return sorted(p for p in found if is_image_file(p))
+    from detailclip_cli.core.data.readers import walk_files
+
+    return [p for p in walk_files(folder) if is_image_file(p)]

@@ -79,6 +79,22 @@ def say(console, text: str, **style) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True, **style)
 
 
+def one_line(text: object) -> str:
+    """``text`` safe to print as one line: control characters (a newline in a file name) and
+    lone surrogates (a file name that is not UTF-8) escaped, as Python writes them."""
+    text = str(text)
+    return "".join(_escape(c) for c in text) if any(_unsafe(c) for c in text) else text
+
+
+def _unsafe(c: str) -> bool:
+    o = ord(c)
+    return o < 0x20 or 0x7F <= o <= 0x9F or 0xD800 <= o <= 0xDFFF
+
+
+def _escape(c: str) -> str:
+    return c.encode("unicode_escape", "backslashreplace").decode("ascii") if _unsafe(c) else c
+
+
 # -- model and images -------------------------------------------------------------------------------
 
 
@@ -96,18 +112,25 @@ def load_model(spec: str | None, pretrained: str | None, device: str, console):
 
 
 def gather_images(images: Sequence[str] | None, console) -> tuple[list[Path], int]:
-    """Expand IMAGES...; report missing ones on stderr. Returns (paths, number missing)."""
+    """Expand IMAGES...; name each argument that gave no image on stderr, one line each.
+
+    Returns:
+        (paths, number of arguments that failed: missing, or folders without images).
+    """
     from detailclip_cli.cli._inputs import expand_inputs
 
     if not images:
         raise UsageError("no images given (files, folders, globs, or - for paths on stdin)")
     inputs = expand_inputs(list(images))
     for arg in inputs.missing:
-        say(console, f"error: no such file, folder or glob match: {arg}")
-    if not inputs.paths and not inputs.missing:
-        say(console, "error: no images found in the given folders")
+        say(console, f"error: no such file, folder or glob match: {one_line(arg)}")
+    for arg in inputs.empty:
+        say(console, f"error: no images in folder: {one_line(arg)}")
+    failed = len(inputs.missing) + len(inputs.empty)
+    if not inputs.paths and not failed:
+        say(console, "error: no images found in the given inputs")
         return [], 1
-    return inputs.paths, len(inputs.missing)
+    return inputs.paths, failed
 
 
 @contextlib.contextmanager
@@ -143,7 +166,7 @@ class ImageFeed:
             for batch in iter_image_batches(self.paths, image_size=v.image_size, mean=v.mean, std=v.std,
                                             batch_size=self.batch_size):
                 for _, message in batch.errors:
-                    say(self.console, f"error: {message}")
+                    say(self.console, f"error: {one_line(' '.join(message.split()))}")
                 self.failed += len(batch.errors)
                 if batch.images is not None:
                     batch.images = batch.images.to(device)
@@ -152,11 +175,16 @@ class ImageFeed:
 
 
 def unique_name(path: Path, suffix: str, used: set[str]) -> str:
-    """``<stem><suffix>``, with ``-2``, ``-3`` ... added when two inputs share a stem."""
-    name, n = f"{path.stem}{suffix}", 1
+    """``<stem><suffix>``, with ``-2``, ``-3`` ... added when two inputs share a stem.
+
+    Control characters and undecodable bytes in the stem become ``_``, so each written path
+    stays one printable line.
+    """
+    stem = "".join("_" if _unsafe(c) else c for c in path.stem) or "image"
+    name, n = f"{stem}{suffix}", 1
     while name in used:
         n += 1
-        name = f"{path.stem}-{n}{suffix}"
+        name = f"{stem}-{n}{suffix}"
     used.add(name)
     return name
 
@@ -178,12 +206,21 @@ def run_defaults(spec: str | None, model, *, layer: str | None, block_size: int 
 
 @contextlib.contextmanager
 def open_output(output: Path | None) -> Iterator:
-    """The results stream: ``--output`` (created with its folder) or stdout."""
+    """The results stream: ``--output`` (created with its folder) or stdout.
+
+    File names are bytes on POSIX, and one that is not UTF-8 reaches Python with lone
+    surrogates; both streams write those back as the original bytes (as ``ls`` does), where a
+    strict UTF-8 stdout would fail the whole result on one odd name.
+    """
     if output is None:
-        yield sys.stdout
+        stream = sys.stdout
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="surrogateescape")
+        yield stream
         return
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", encoding="utf-8", newline="") as f:
+    with open(output, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
         yield f
 
 

@@ -23,6 +23,7 @@ from detailclip_cli.cli._use import (
     finish,
     gather_images,
     load_model,
+    one_line,
     run_defaults,
     unique_name,
     write_json,
@@ -95,7 +96,7 @@ def attn_map(
             fig = attention_figure(
                 pixels[i], maps.scores[i].cpu(), maps.removed[i].cpu(),
                 per_head=maps.per_head[i].cpu() if heads == Heads.each else None,
-                title=f"{path.name}  (layer {layer})", keep_ratio=keep_ratio, block_size=block_size,
+                title=f"{one_line(path.name)}  (layer {layer})", keep_ratio=keep_ratio, block_size=block_size,
             )
             target = out / unique_name(path, ".attn.png", used)
             fig.savefig(target, dpi=120)

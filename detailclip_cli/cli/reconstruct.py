@@ -23,6 +23,7 @@ from detailclip_cli.cli._use import (
     finish,
     gather_images,
     load_model,
+    one_line,
     print_tables,
     run_defaults,
     unique_name,
@@ -97,7 +98,7 @@ def reconstruct(
             mse, psnr = float(rec.mse[i]), float(rec.psnr[i])
             fig = reconstruction_figure(
                 rec.original[i].cpu(), rec.kept[i].cpu(), rec.recon[i].cpu(), rec.pasted[i].cpu(),
-                title=f"{path.name}  ({strategy.value}, keep {keep_ratio:g}, block {block_size})",
+                title=f"{one_line(path.name)}  ({strategy.value}, keep {keep_ratio:g}, block {block_size})",
                 mse=mse, psnr=psnr, caption=caption,
             )
             target = out / unique_name(path, ".recon.png", used)

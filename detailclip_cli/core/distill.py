@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,6 +43,7 @@ from detailclip_cli.core.data import (
     load_image,
     make_view_transform,
     read_samples,
+    walk_files,
 )
 from detailclip_cli.core.losses import patchify, reconstruction_loss
 from detailclip_cli.core.model import DetailCLIP
@@ -84,10 +84,7 @@ def image_samples(data: str | Path, *, split: str = "train") -> list[Sample]:
     if str(data) == "demo" or not path.is_dir():
         return read_samples(data, split=split)  # names what is wrong with a missing path or file
     folder = path / split if split and (path / split).is_dir() else path
-    images = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        images += [Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(Path(f))]
+    images = [f for f in walk_files(folder) if is_image_file(f)]  # each real folder once: links cannot loop
     if not images:
         raise DataError(f"no images found in {folder}")
     return [Sample(image=image, caption="") for image in sorted(images)]

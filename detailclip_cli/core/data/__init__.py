@@ -1,16 +1,26 @@
 """The data layer: readers for user data specs, the built-in demo set, transforms, datasets."""
 
-from detailclip_cli.core.data.dataset import EvalDataset, TwoViewDataset, collate_skipping_bad, item_seed
+from detailclip_cli.core.data.dataset import (
+    EvalDataset,
+    TwoViewDataset,
+    collate_skipping_bad,
+    item_seed,
+    truncated_captions,
+)
 from detailclip_cli.core.data.demo import DEMO_VERSION, default_cache_dir, demo_root, generate_demo
 from detailclip_cli.core.data.readers import (
     IMAGE_EXTENSIONS,
     DataError,
+    ReadReport,
     Sample,
+    SampleList,
     class_names,
+    clean_caption,
     is_image_file,
     load_image,
     load_mask,
     read_samples,
+    walk_files,
 )
 from detailclip_cli.core.data.transforms import (
     AugmentConfig,
@@ -26,9 +36,12 @@ __all__ = [
     "AugmentConfig",
     "DataError",
     "EvalDataset",
+    "ReadReport",
     "Sample",
+    "SampleList",
     "TwoViewDataset",
     "class_names",
+    "clean_caption",
     "collate_skipping_bad",
     "default_cache_dir",
     "demo_root",
@@ -42,4 +55,6 @@ __all__ = [
     "make_normalize",
     "make_view_transform",
     "read_samples",
+    "truncated_captions",
+    "walk_files",
 ]

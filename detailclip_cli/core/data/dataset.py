@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from detailclip_cli.core.data.readers import DataError, Sample, load_image, load_mask
+from detailclip_cli.core.data.readers import DataError, ReadReport, Sample, load_image, load_mask, printable
 from detailclip_cli.core.data.transforms import (
     AugmentConfig,
     make_eval_geometry,
@@ -26,6 +27,41 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     """
     state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+def truncated_captions(
+    captions: Sequence[str], tokenize: Callable[[list[str]], torch.Tensor], *, chunk: int = 256
+) -> list[int]:
+    """The indices of the captions whose tokens fill the whole text context.
+
+    open_clip's tokenizers cut a longer caption to the context (keeping the end-of-text token)
+    and pad shorter ones with 0, so a row with no padding left was cut, or fits exactly.
+    Each distinct caption is tokenised once; captions too short to fill the context (at most
+    two tokens per UTF-8 byte, plus start and end, whatever the tokenizer) are not tokenised.
+
+    Args:
+        captions: the captions, in sample order.
+        tokenize: as for :class:`TwoViewDataset`: ``n`` captions -> token ids ``(n, context)``.
+        chunk: captions per ``tokenize`` call.
+
+    Returns:
+        Sorted indices into ``captions``.
+    """
+    if not captions:
+        return []
+    context = tokenize([""]).shape[1]
+    where: dict[str, list[int]] = {}
+    for i, caption in enumerate(captions):
+        where.setdefault(caption, []).append(i)
+    candidates = [c for c in where if 2 * len(c.encode("utf-8", "replace")) + 2 >= context]
+    found: list[int] = []
+    for start in range(0, len(candidates), chunk):
+        batch = candidates[start:start + chunk]
+        full = tokenize(batch)[:, -1] != 0  # (n, context) -> (n,)
+        for caption, is_full in zip(batch, full.tolist()):
+            if is_full:
+                found += where[caption]
+    return sorted(found)
 
 
 class TwoViewDataset(Dataset):
@@ -47,6 +83,9 @@ class TwoViewDataset(Dataset):
         tokenize: maps a list of ``n`` captions to token ids ``(n, context)``; when ``None``
             no ``text`` is returned.
         seed: base seed of the augmentation.
+        report: what reading the samples skipped or repaired; by default the ``report`` of a
+            :class:`~detailclip_cli.core.data.readers.SampleList` from ``read_samples``. See
+            :meth:`data_report`.
     """
 
     def __init__(
@@ -59,10 +98,15 @@ class TwoViewDataset(Dataset):
         aug: AugmentConfig,
         tokenize: Callable[[list[str]], torch.Tensor] | None,
         seed: int,
+        report: ReadReport | None = None,
     ) -> None:
         if not samples:
             raise DataError("no samples to train on")
+        if report is None:
+            report = getattr(samples, "report", None)
         self.samples = list(samples)
+        self.read_report = report if report is not None else ReadReport(samples=len(self.samples))
+        self._truncated: list[int] | None = None
         self.tokenize = tokenize
         self.seed = int(seed)
         self.epoch = 0
@@ -72,6 +116,26 @@ class TwoViewDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch``."""
         self.epoch = int(epoch)
+
+    def data_report(self) -> ReadReport:
+        """What reading the data skipped or repaired, with ``truncated_captions`` counted.
+
+        The count (see :func:`truncated_captions`) is made on the first call, in the calling
+        process, and remembered: counting in ``__getitem__`` would leave each ``DataLoader``
+        worker with its own share. Without a tokenizer nothing is truncated.
+
+        Returns:
+            A copy of the reader's :class:`ReadReport`; ``report.counts()`` gives the figures
+            by name for a metrics line, ``report.summary()`` one line for people.
+        """
+        if self._truncated is None:
+            captions = [s.caption for s in self.samples]
+            self._truncated = truncated_captions(captions, self.tokenize) if self.tokenize is not None else []
+        report = dataclasses.replace(self.read_report, truncated_captions=len(self._truncated),
+                                     examples=dict(self.read_report.examples))
+        if self._truncated:
+            report.examples["truncated_captions"] = printable(self.samples[self._truncated[0]].image)
+        return report
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -12,6 +12,13 @@ A spec is one of:
 
 If a folder holds a sub-folder named after the requested split (``train/``, ``val/``), that
 sub-folder is read instead, so one spec serves both splits.
+
+Bad entries do not abort a whole data set. Captions are cleaned (:func:`clean_caption`); a
+sample whose caption is empty afterwards is skipped, a table row naming no existing image is
+skipped, and an exact repeat of an earlier table row is dropped. What was skipped or repaired
+is counted in the :class:`ReadReport` on the returned list's ``report`` attribute. Only a data
+set with nothing usable left is an error. Folders are walked following symbolic links, each
+real folder once, so a link loop ends the walk instead of hanging it.
 """
 
 from __future__ import annotations
@@ -19,8 +26,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+import re
+import stat
+import unicodedata
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,6 +47,78 @@ DEMO_SPLITS = ("train", "val")
 
 class DataError(UsageError, ValueError):
     """Data that cannot be used; the message is one line for people."""
+
+
+@dataclass
+class ReadReport:
+    """What reading a data set skipped or repaired; every count is a number of samples or rows.
+
+    Attributes:
+        samples: samples returned.
+        empty_captions: skipped, their caption was empty or only whitespace (after cleaning).
+        unreadable_captions: skipped, their ``.txt`` caption file could not be read.
+        invalid_utf8: kept, their caption held bytes that are not UTF-8 (each became U+FFFD).
+        control_chars: kept, their caption held control characters (each became a space).
+        missing_images: skipped, a table row with an empty image cell or a path to no file.
+        duplicates: dropped, a table row repeating an earlier row's image, caption and label
+            (the same image with another caption is kept, as in COCO's five captions an image).
+        truncated_captions: captions whose tokens fill the whole text context, so any longer
+            text was cut; counted by ``TwoViewDataset.data_report`` (the reader has no tokenizer).
+        examples: for each count above that is not zero, where its first case is (one line).
+    """
+
+    samples: int = 0
+    empty_captions: int = 0
+    unreadable_captions: int = 0
+    invalid_utf8: int = 0
+    control_chars: int = 0
+    missing_images: int = 0
+    duplicates: int = 0
+    truncated_captions: int = 0
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def note(self, kind: str, example: str) -> None:
+        """Count one case of ``kind`` (a count attribute); the first one becomes its example."""
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.examples.setdefault(kind, example)
+
+    def counts(self) -> dict[str, int]:
+        """Every count by name, ``samples`` first: ready for a metrics line."""
+        return {k: v for k, v in asdict(self).items() if k != "examples"}
+
+    @property
+    def skipped(self) -> int:
+        """Samples or rows left out: empty or unreadable captions, missing images, duplicates."""
+        return self.empty_captions + self.unreadable_captions + self.missing_images + self.duplicates
+
+    def summary(self) -> str:
+        """One line naming each non-zero count but ``samples``, e.g. ``2 empty_captions (e.g. a.txt)``;
+        empty when nothing was skipped, repaired or truncated."""
+        parts = [f"{n} {k}" + (f" (e.g. {self.examples[k]})" if k in self.examples else "")
+                 for k, n in self.counts().items() if k != "samples" and n]
+        return ", ".join(parts)
+
+
+class SampleList(list):
+    """A list of :class:`Sample` that also carries the :class:`ReadReport` of the read that made it.
+
+    It compares, iterates and slices as a plain list (slices are plain lists, without a report).
+
+    Attributes:
+        report: what was skipped or repaired while reading.
+    """
+
+    def __init__(self, samples: Iterable = (), report: ReadReport | None = None) -> None:
+        super().__init__(samples)
+        self.report = report if report is not None else ReadReport(samples=len(self))
+
+
+class CleanCaption(NamedTuple):
+    """A caption made safe to tokenise (see :func:`clean_caption`)."""
+
+    text: str
+    invalid_utf8: bool
+    control_chars: bool
 
 
 @dataclass(frozen=True)
@@ -61,7 +146,7 @@ def read_samples(
     caption_column: str = "title",
     label_column: str | None = None,
     class_template: str = "a photo of a {}.",
-) -> list[Sample]:
+) -> SampleList:
     """Read the samples a data spec names.
 
     Args:
@@ -74,22 +159,23 @@ def read_samples(
             (underscores read as spaces).
 
     Returns:
-        Samples in a deterministic order (sorted by path for folders, file order for tables).
+        A :class:`SampleList` in a deterministic order (sorted by path for folders, file order
+        for tables); its ``report`` counts the samples skipped or repaired on the way.
 
     Raises:
-        DataError: the spec is missing, empty or malformed.
+        DataError: the spec is missing, empty or malformed, or no usable sample is left.
     """
     if str(spec) == "demo":
         return _read_folder(_demo_split(split), class_template=class_template)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise DataError(f"data path does not exist: {path}")
+        raise DataError(f"data path does not exist: {printable(path)}")
     if path.is_file():
         if path.suffix.lower() in (".csv", ".tsv"):
             return _read_table(
                 path, image_column=image_column, caption_column=caption_column, label_column=label_column
             )
-        raise DataError(f"unsupported data file {path} (expected a folder, a .csv or a .tsv)")
+        raise DataError(f"unsupported data file {printable(path)} (expected a folder, a .csv or a .tsv)")
     return _read_folder(_split_folder(path, split), class_template=class_template)
 
 
@@ -128,27 +214,92 @@ def load_image(path: str | Path) -> Image.Image:
     """Open an image as 8-bit RGB, the way a camera or browser would show it.
 
     EXIF orientation is applied, palette and greyscale images are expanded, CMYK is converted,
-    and transparency is composited over white.
+    transparency is composited over white, and an animated image gives its first frame. The
+    format is read from the file's contents, not its extension.
+
+    Images above Pillow's pixel limit (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 megapixels
+    unless changed) are refused before they are decoded, as possible decompression bombs; Pillow
+    only warns between one and two times the limit, and here that is a refusal too.
 
     Args:
         path: image file.
 
     Returns:
-        A loaded PIL image in mode ``"RGB"``.
+        A loaded PIL image in mode ``"RGB"``, at least 1x1.
 
     Raises:
-        DataError: the file is missing or cannot be decoded.
+        DataError: the file is missing, too large, or cannot be decoded (one line naming it).
     """
     path = Path(path)
+    shown = printable(path)
+    problem = _not_a_file(path)
+    if problem == "missing":
+        raise DataError(f"image file not found: {shown}")
+    if problem:
+        raise DataError(f"cannot read image {shown}: {problem}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                im = _to_rgb(im)
     except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        raise DataError(f"image file not found: {shown}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"image {shown} is larger than the limit of {Image.MAX_IMAGE_PIXELS} pixels "
+            "(PIL.Image.MAX_IMAGE_PIXELS), refused as a possible decompression bomb"
+        ) from None
+    except UnidentifiedImageError:
+        what = "an empty file" if _is_empty(path) else "not an image format Pillow can decode"
+        raise DataError(f"cannot read image {shown}: {what}") from None
+    except OSError as e:
+        raise DataError(f"cannot read image {shown}: {_one_line(e.strerror or e)}") from None
+    except Exception as e:  # a corrupt file can trip any decoder; the caller needs one line
+        raise DataError(f"cannot read image {shown}: {_one_line(e) or type(e).__name__}") from None
+    if im.width < 1 or im.height < 1:
+        raise DataError(f"cannot read image {shown}: it has no pixels ({im.width}x{im.height})")
+    return im
+
+
+def printable(path: str | Path) -> str:
+    """``path`` for a one-line message: control characters (a newline in a file name) and lone
+    surrogates (bytes of a file name that are not UTF-8) escaped as Python writes them."""
+    text = str(path)
+    if not any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
+        return text
+    return "".join(c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
+
+
+def _one_line(error: object) -> str:
+    return printable(" ".join(str(error).split()))
+
+
+def _not_a_file(path: Path) -> str | None:
+    """None for a regular file (after links); else why not: ``"missing"`` or a few words.
+
+    Checked before opening, since reading a named pipe found in a data folder would wait forever.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return _one_line(e.strerror or e)
+    except ValueError:  # a NUL character, which no file name can hold
+        return "not a possible file name"
+    if stat.S_ISREG(mode):
+        return None
+    return "it is a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, socket or device)"
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def load_mask(path: str | Path) -> np.ndarray:
@@ -165,13 +316,15 @@ def load_mask(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            array = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read mask {path}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                array = np.asarray(im)
+    except Exception as e:  # as in load_image: any decoder error becomes one line naming the file
+        raise DataError(f"cannot read mask {printable(path)}: {_one_line(e) or type(e).__name__}") from None
     if array.ndim != 2:
-        raise DataError(f"mask {path} must be single-channel (class ids), not {im.mode}")
+        raise DataError(f"mask {printable(path)} must be single-channel (class ids), not {im.mode}")
     return array.astype(np.int64)
 
 
@@ -213,24 +366,42 @@ def _split_folder(folder: Path, split: str) -> Path:
     return candidate if split and candidate.is_dir() else folder
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """Every non-hidden file under ``folder``, sorted."""
-    files = []
+def walk_files(folder: str | Path) -> list[Path]:
+    """Every non-hidden file under ``folder``, sorted, following symbolic links.
+
+    Each real folder is entered once (told apart by device and inode), so a link back up the
+    tree (``folder/loop -> folder``) or to a folder already walked adds nothing, instead of
+    repeating the tree until the path grows too long. Sub-folders that cannot be read are
+    passed over.
+    """
+    files: list[Path] = []
+    entered: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in entered:
+            dirnames[:] = []  # reached again through a link: its files are already listed
+            continue
+        entered.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
     return sorted(files)
 
 
-def _read_folder(folder: Path, *, class_template: str) -> list[Sample]:
+def _read_folder(folder: Path, *, class_template: str) -> SampleList:
     if not folder.is_dir():
-        raise DataError(f"data folder does not exist: {folder}")
-    files = _walk_files(folder)
+        raise DataError(f"data folder does not exist: {printable(folder)}")
+    files = walk_files(folder)
     if not files:
-        raise DataError(f"data folder is empty: {folder}")
+        raise DataError(f"data folder is empty: {printable(folder)}")
     images = [f for f in files if is_image_file(f)]
     if not images:
-        raise DataError(f"no images found in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(
+            f"no images found in {printable(folder)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     present = set(files)
 
     def mask_of(image: Path) -> Path | None:
@@ -242,28 +413,37 @@ def _read_folder(folder: Path, *, class_template: str) -> list[Sample]:
         missing = [im for im in images if im.with_suffix(".txt") not in present]
         if missing:
             raise DataError(
-                f"{len(missing)} of {len(images)} images in {folder} have no .txt caption, e.g. {missing[0]}"
+                f"{len(missing)} of {len(images)} images in {printable(folder)} have no .txt caption, "
+                f"e.g. {printable(missing[0])}"
             )
         # Labels only when every image sits in a sub-folder: a few loose files in the root
         # would otherwise give half the set no label.
         in_subfolders = all(im.parent != folder for im in images)
-        samples = []
+        report = ReadReport()
+        samples = SampleList(report=report)
         for im in images:
-            caption = _read_caption(im.with_suffix(".txt"))
+            caption = _read_caption(im.with_suffix(".txt"), report)
+            if caption is None:
+                continue
             label = im.relative_to(folder).parts[0] if in_subfolders else None
             samples.append(Sample(image=im, caption=caption, label=label, mask=mask_of(im)))
+        report.samples = len(samples)
+        if not samples:
+            raise DataError(f"no usable samples in {printable(folder)}: {report.summary()}")
         return samples
 
     classes = sorted({im.relative_to(folder).parts[0] for im in images if im.parent != folder})
     if not classes:
         raise DataError(
-            f"{folder} has images but neither .txt captions nor class sub-folders; "
+            f"{printable(folder)} has images but neither .txt captions nor class sub-folders; "
             "add captions or sort the images into one folder per class"
         )
     loose = [im for im in images if im.parent == folder]
     if loose:
-        raise DataError(f"{len(loose)} images in {folder} sit outside the class folders, e.g. {loose[0]}")
-    return [
+        raise DataError(
+            f"{len(loose)} images in {printable(folder)} sit outside the class folders, e.g. {printable(loose[0])}"
+        )
+    return SampleList(
         Sample(
             image=im,
             caption=class_template.format(label.replace("_", " ")),
@@ -272,16 +452,69 @@ def _read_folder(folder: Path, *, class_template: str) -> list[Sample]:
         )
         for im in images
         for label in [im.relative_to(folder).parts[0]]
-    ]
+    )
 
 
-def _read_caption(path: Path) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    # Captions are one line; joining keeps a stray line break from splitting the text.
-    caption = " ".join(text.split())
-    if not caption:
-        raise DataError(f"caption file is empty: {path}")
-    return caption
+# C0 and C1 control characters and DEL, but the tab and line breaks, which are plain whitespace.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Lone surrogates: what undecodable bytes become under errors="surrogateescape" (and never text).
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def clean_caption(raw: str | bytes) -> CleanCaption:
+    """One line of caption text, safe to tokenise, from a caption file's bytes or a table cell.
+
+    Bytes are decoded as UTF-8 (a leading byte-order mark dropped). Bytes that are not UTF-8,
+    and lone surrogates in text (what ``errors="surrogateescape"`` makes of such bytes), become
+    U+FFFD. Control characters become spaces, and every run of whitespace (line breaks
+    included) one space, trimmed. Everything else is kept as it is: any script, emoji with
+    their joiners, combining and right-to-left marks.
+
+    Args:
+        raw: the caption as read.
+
+    Returns:
+        The text (``""`` when nothing but whitespace is left) and whether invalid UTF-8 or
+        control characters (other than tab, CR and LF) were replaced.
+    """
+    invalid = False
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text, invalid = raw.decode("utf-8-sig", errors="replace"), True
+    else:
+        text = raw
+    text, n_surrogates = _SURROGATE.subn("\ufffd", text)
+    text, n_controls = _CONTROL.subn(" ", text)
+    return CleanCaption(" ".join(text.split()), invalid or n_surrogates > 0, n_controls > 0)
+
+
+def _accept_caption(raw: str | bytes, where: str, report: ReadReport) -> str | None:
+    """The cleaned caption, counted in ``report``; None (counted as empty) when nothing is left."""
+    cleaned = clean_caption(raw)
+    if not cleaned.text:
+        report.note("empty_captions", where)
+        return None
+    if cleaned.invalid_utf8:
+        report.note("invalid_utf8", where)
+    if cleaned.control_chars:
+        report.note("control_chars", where)
+    return cleaned.text
+
+
+def _read_caption(path: Path, report: ReadReport) -> str | None:
+    problem = _not_a_file(path)
+    if problem is None:
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            problem = _one_line(e.strerror or e)
+    if problem is not None:
+        reason = "No such file or directory" if problem == "missing" else problem
+        report.note("unreadable_captions", f"{printable(path)}: {reason}")
+        return None
+    return _accept_caption(raw, printable(path), report)
 
 
 def _detect_delimiter(path: Path, head: str) -> str:
@@ -289,41 +522,79 @@ def _detect_delimiter(path: Path, head: str) -> str:
         return "\t"
     try:
         return csv.Sniffer().sniff(head, delimiters=",\t;|").delimiter
-    except csv.Error:
+    except Exception:  # the sniffer's guesswork can fail in more ways than csv.Error
         return ","
+
+
+def _table_path(raw: str, base: Path) -> Path:
+    """A table cell as a path; relative paths are relative to the table's folder."""
+    image = Path(raw)
+    if raw.startswith("~"):
+        try:
+            image = image.expanduser()
+        except RuntimeError:  # ~user that does not exist: leave the name as it is
+            pass
+    return image if image.is_absolute() else base / image
+
+
+def _list_columns(columns: list[str], limit: int = 20) -> str:
+    shown = ", ".join(map(repr, columns[:limit]))
+    return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")
 
 
 def _read_table(
     path: Path, *, image_column: str, caption_column: str, label_column: str | None
-) -> list[Sample]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        head = f.read(16384)
-        if not head.strip():
-            raise DataError(f"table is empty: {path}")
-        f.seek(0)
-        reader = csv.DictReader(f, delimiter=_detect_delimiter(path, head))
-        columns = [c for c in (reader.fieldnames or [])]
-        wanted = [image_column, caption_column] + ([label_column] if label_column else [])
-        for column in wanted:
-            if column not in columns:
-                raise DataError(
-                    f"column {column!r} not found in {path}; columns are: {', '.join(map(repr, columns))}"
-                )
-        samples = []
-        for line, row in enumerate(reader, start=2):
-            raw = (row[image_column] or "").strip()
-            if not raw:
-                raise DataError(f"{path} line {line}: empty {image_column!r}")
-            image = Path(raw).expanduser()
-            image = image if image.is_absolute() else path.parent / image
-            caption = " ".join((row[caption_column] or "").split())
-            label = None
-            if label_column:
-                label = (row[label_column] or "").strip() or None
-            samples.append(Sample(image=image, caption=caption, label=label))
+) -> SampleList:
+    shown = printable(path)
+    report = ReadReport()
+    samples = SampleList(report=report)
+    seen: set[tuple[str, str, str | None]] = set()
+    reader = None
+    try:
+        # surrogateescape: a stray non-UTF-8 byte costs one caption a U+FFFD (counted), not the
+        # whole table, and a path cell keeps the exact bytes of a file name.
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            head = f.read(16384)
+            if not head.strip():
+                raise DataError(f"table is empty: {shown}")
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=_detect_delimiter(path, head))
+            columns = list(reader.fieldnames or [])
+            wanted = [image_column, caption_column] + ([label_column] if label_column else [])
+            for column in wanted:
+                if column not in columns:
+                    raise DataError(f"column {column!r} not found in {shown}; columns are: {_list_columns(columns)}")
+            for row in reader:
+                where = f"{shown} line {reader.line_num}"
+                raw = (row.get(image_column) or "").strip()
+                if not raw:
+                    report.note("missing_images", f"{where}: empty {image_column!r}")
+                    continue
+                image = _table_path(raw, path.parent)
+                if not image.is_file():
+                    report.note("missing_images", f"{where}: {printable(image)}")
+                    continue
+                caption = _accept_caption(row.get(caption_column) or "", where, report)
+                if caption is None:
+                    continue
+                label = None
+                if label_column:
+                    label = clean_caption(row.get(label_column) or "").text or None
+                key = (os.path.normpath(image), caption, label)
+                if key in seen:
+                    report.note("duplicates", where)
+                    continue
+                seen.add(key)
+                samples.append(Sample(image=image, caption=caption, label=label))
+    except OSError as e:
+        raise DataError(f"cannot read table {shown}: {_one_line(e.strerror or e)}") from None
+    except csv.Error as e:
+        line = f" line {reader.line_num}" if reader is not None else ""
+        raise DataError(f"{shown}{line}: not a readable table ({_one_line(e)})") from None
+    report.samples = len(samples)
     if not samples:
-        raise DataError(f"table has a header but no rows: {path}")
-    missing = [s.image for s in samples if not s.image.is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} images listed in {path} do not exist, e.g. {missing[0]}")
+        if not report.skipped:
+            raise DataError(f"table has a header but no rows: {shown}")
+        hint = " (relative image paths are read from the table's folder)" if report.missing_images else ""
+        raise DataError(f"no usable rows in {shown}: {report.summary()}{hint}")
     return samples

@@ -141,14 +141,43 @@ def make_view_transform(
     return v2.Compose(steps)
 
 
+# The eval view keeps a centred square, so a long side beyond this many short sides is cropped
+# away before resizing: a 1x50000 strip is not first blown up to 224 x 11.2 million pixels.
+MAX_EVAL_ASPECT = 2.0
+
+
+class CropLongSide:
+    """Centre-crop the long side to at most ``max_aspect`` times the short side.
+
+    Called like a ``v2`` transform, on one input or several (an image and its
+    ``tv_tensors.Mask``), which get the same crop; the size is read from the first.
+    """
+
+    def __init__(self, max_aspect: float) -> None:
+        if max_aspect < 1:
+            raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
+        self.max_aspect = max_aspect
+
+    def __call__(self, *inputs):
+        h, w = v2.functional.get_size(inputs[0])
+        longest = max(1, int(self.max_aspect * min(h, w)))
+        if max(h, w) > longest:
+            size = [min(h, longest), min(w, longest)]
+            inputs = tuple(v2.functional.center_crop(x, size) for x in inputs)
+        return inputs if len(inputs) > 1 else inputs[0]
+
+
 def make_eval_geometry(*, image_size: int) -> Callable:
     """Resize the shorter side to ``image_size``, then centre-crop a square.
 
     Works on PIL images and on ``tv_tensors`` jointly, so a ``tv_tensors.Mask`` passed with the
-    image gets the same geometry (with nearest-neighbour resizing).
+    image gets the same geometry (with nearest-neighbour resizing). Any size works, from 1x1 up;
+    very long sides are first cropped to :data:`MAX_EVAL_ASPECT` times the short side, which
+    bounds the cost and leaves the final square as good as unchanged.
     """
     return v2.Compose(
         [
+            CropLongSide(MAX_EVAL_ASPECT),
             v2.Resize(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
             v2.CenterCrop(image_size),
         ]
