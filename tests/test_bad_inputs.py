@@ -733,3 +733,34 @@ def test_all_inputs_bad_exits_1_with_nothing_on_stdout(command_inputs):
                      "--format", "jsonl")
     assert result.exit_code == 1 and result.stdout == ""
     _check_stderr(result, bad)
+
+
+def test_pretrain_on_a_caption_folder_built_from_the_corpus(corpus, tmp_path):
+    """Every corpus file with a caption, plus caption problems: the run finishes, skips and counts."""
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, path in enumerate([*corpus.good.values(), *corpus.bad.values()]):
+        if not path.is_file() or path.is_symlink():
+            continue  # links, pipes and folders are covered by the folder tests above
+        target = data / f"{i:02d}{path.suffix}"
+        shutil.copyfile(path, target)
+        target.with_suffix(".txt").write_text(f"picture number {i}")
+    for i in range(40):  # mostly readable data, as a real collection is
+        Image.new("RGB", (40, 30), (20 * i, 100, 200 - 10 * i)).save(data / f"ok{i:02d}.png")
+        (data / f"ok{i:02d}.txt").write_text(["", "tiny \x07 bell", "مربع آبی 青い四角 🟦", "x " * 300][i % 4])
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"preset": "tiny", "model": {"vision": {"depth": 1}, "text": {"layers": 1},
+                                                               "head": {"out_dim": 64}},
+                                  "train": {"batch_size": 4, "log_every": 1}}))
+    out = tmp_path / "run"
+    result = _invoke("pretrain", "--data", data, "--config", config, "--steps", "12", "--out", out,
+                     "--device", "cpu", "--max-bad-fraction", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "data: " in result.stderr and "empty_captions" in result.stderr
+    report = json.loads((out / "run.json").read_text())["data_report"]
+    assert report["empty_captions"] == 10 and report["control_chars"] == 10 and report["truncated_captions"] == 10
+    skipped = sum(json.loads(line)["bad_samples"] for line in (out / "metrics.jsonl").read_text().splitlines()[-1:])
+    assert skipped >= 1  # some of the unreadable images were drawn and skipped
+    assert (out / "model.safetensors").is_file()

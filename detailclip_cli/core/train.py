@@ -495,8 +495,9 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
         unreadable = batch.pop("bad")
         bad_count += len(unreadable)
         seen += len(unreadable) + (len(batch["view1"]) if "view1" in batch else 0)
-        # Judged against at least one batch, so one broken file early on does not stop the run.
-        if unreadable and bad_count > cfg.max_bad_fraction * max(seen, cfg.batch_size):
+        # Judged against at least four batches, so a few broken files that happen to come
+        # first do not stop a run whose data is mostly fine.
+        if unreadable and bad_count > cfg.max_bad_fraction * max(seen, 4 * cfg.batch_size):
             raise TrainingError(
                 f"{bad_count} of {seen} samples could not be read (more than max_bad_fraction "
                 f"{cfg.max_bad_fraction}), e.g. {unreadable[0]}"
