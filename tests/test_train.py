@@ -186,10 +186,9 @@ def test_compiled_blocks_give_the_same_losses_and_checkpoint_keys(demo_cache, tm
         load_file(tmp_path / "compiled" / "model.safetensors").keys()
 
 
-def test_demo_views_never_contradict_their_captions():
+def test_demo_views_are_never_mirrored():
     from detailclip_cli.core.train import train_augment
 
     demo, user = train_augment(64, "demo"), train_augment(64, "./imgs")
-    assert demo.hflip == 0.0 and demo.crop_scale == (0.8, 1.0)  # digits stay whole and unmirrored
-    assert demo.color_jitter == 0.0 and demo.grayscale == 0.0 and demo.solarize == (0.0, 0.0)  # colours stay
-    assert user.hflip == 0.5 and user.crop_scale == (0.35, 1.0) and user.color_jitter > 0  # the general recipe
+    assert demo.hflip == 0.0 and user.hflip == 0.5  # demo captions say left and right
+    assert demo.crop_scale == user.crop_scale == (0.35, 1.0)  # otherwise the general small-image recipe
