@@ -63,6 +63,21 @@ def test_pretrain_bad_values_give_one_line_and_exit_2(demo_cache, tmp_path, args
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "--bogus"], "No such option: --bogus (Possible options: --out) (see `"),
+    (["pretrain", "--steps", "x"], "Invalid value for '--steps'"),
+    (["evaluate", "--task", "knn"], "Invalid value for '--task'"),
+    (["attn-map", "a.png", "--keep-ratio", "2"], "Invalid value for '--keep-ratio'"),
+    (["nosuchcmd"], "No such command 'nosuchcmd'. (see `"),
+])
+def test_option_parsing_errors_are_one_line_and_exit_2(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"error: {result.stderr.splitlines()[0][7:]}"]
+    assert message in result.stderr and result.stdout == ""
+    assert result.stderr.rstrip().endswith(f"{args[0] if args[0] != 'nosuchcmd' else 'detailclip_cli'} --help`)")
+
+
 def test_config_file_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train": {"keep_ratoi": 0.5}}))

@@ -72,8 +72,26 @@ def _root(
 
 def main() -> None:
     """Console entry point: people's errors become one line on stderr and an exit code."""
+    # Typer carries its own copy of click; its exception classes are reached through a public name.
+    click_errors = {c.__name__: c for c in typer.BadParameter.__mro__}
+    usage_error, click_exception = click_errors["UsageError"], click_errors["ClickException"]
     try:
-        app()
+        # Not standalone: click's usage errors come here instead of becoming a boxed panel.
+        code = app(standalone_mode=False)
     except DetailclipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the command's help is already printed
+            sys.exit(exc.exit_code)
+        command = exc.ctx.command_path if exc.ctx is not None else "detailclip"
+        message = " ".join(exc.format_message().split())  # click may wrap a long message
+        print(f"error: {message} (see `{command} --help`)", file=sys.stderr)
+        sys.exit(2)
+    except click_exception as exc:
+        print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
