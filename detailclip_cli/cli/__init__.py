@@ -10,7 +10,7 @@ import sys
 import typer
 
 from detailclip_cli import __version__
-from detailclip_cli.cli import attn_map, bench, distill, evaluate, plot, pretrain, reconstruct, zero_shot
+from detailclip_cli.cli import attn_map, bench, distill, evaluate, info, plot, pretrain, reconstruct, zero_shot
 from detailclip_cli.errors import DetailclipError
 
 app = typer.Typer(
@@ -55,6 +55,7 @@ _register("reconstruct", reconstruct.reconstruct, no_args_is_help=True)
 _register("evaluate", evaluate.evaluate, no_args_is_help=False)
 _register("plot", plot.plot, no_args_is_help=True)
 _register("bench", bench.bench, no_args_is_help=False)
+_register("info", info.info, no_args_is_help=False)
 
 
 def _version(value: bool) -> None:
