@@ -173,3 +173,30 @@ def test_sigterm_saves_the_last_whole_step_and_resume_continues(demo_cache, tmp_
     assert result.returncode == 0, result.stderr
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == stopped + 1 and len(steps) == len(set(steps))
+
+
+def test_dry_run_prints_costs_and_writes_nothing(tmp_path, small_config):
+    out = tmp_path / "run"
+    full = run_cli("pretrain", "--config", str(small_config), "--out", str(out), "--dry-run", "--device", "cpu")
+    plain = run_cli("pretrain", "--config", str(small_config), "--out", str(out), "--dry-run", "--device", "cpu",
+                    "--no-distill", "--no-reconstruct", "--removal", "none")
+    assert full.returncode == 0 and plain.returncode == 0, full.stderr + plain.stderr
+    assert not out.exists()
+
+    def figures(stdout: str) -> dict[str, float]:
+        rows = {}
+        for line in stdout.splitlines():
+            cells = [c.strip() for c in line.strip("│ ").split("│")]
+            if len(cells) == 2 and cells[1]:
+                rows[cells[0]] = float(cells[1].replace(",", "").split()[0])
+        return rows
+
+    a, b = figures(full.stdout), figures(plain.stdout)
+    from detailclip_cli.core.config import load_config_file
+    from detailclip_cli.core.model import DetailCLIP
+
+    model_cfg, _ = load_config_file(small_config)
+    assert a["parameters: total"] == DetailCLIP(model_cfg).num_params()["total"]
+    assert "parameters: decoder" in a and "parameters: decoder" not in b
+    assert a["GFLOP per step (forward + backward)"] > b["GFLOP per step (forward + backward)"] > 0
+    assert a["memory: a step's peak on top"] >= 0 and a["memory: built model"] > 0

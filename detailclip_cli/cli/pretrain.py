@@ -39,6 +39,7 @@ def pretrain(
     max_bad_fraction: opts.MaxBadOpt = None,
     compile: opts.CompileOpt = None,
     resume: opts.ResumeOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print parameter counts, FLOPs per step and the peak memory of one step, then stop (nothing is written).")] = False,
 ) -> None:
     """Pretrain DetailCLIP on image-caption data; writes a run folder.
 
@@ -49,6 +50,8 @@ def pretrain(
       detailclip pretrain --data ./imgs --removal none --no-distill --no-reconstruct --out runs/clip
 
       detailclip pretrain --resume runs/demo --steps 600
+
+      detailclip pretrain --preset base --batch-size 64 --dry-run
     """
     given = opts.given_overrides(locals())
     if resume is not None:
@@ -68,8 +71,33 @@ def pretrain(
         out_dir = out or opts.default_run_dir("pretrain")
         settings = {"preset": preset or ("tiny" if config is None else None), "command": "pretrain"}
 
+    if dry_run:
+        return report_dry_run(model_cfg, train_cfg, device)
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
         settings=settings)
+
+
+def report_dry_run(model_cfg, train_cfg, device: str) -> None:
+    """Measure one step of these configs on random inputs and print what it costs (stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from detailclip_cli.core.bench import dry_run_in_subprocess
+    from detailclip_cli.core.train import resolve_device
+
+    console = opts.err_console()
+    console.print("dry run: one step on random inputs in a fresh process ...", markup=False)
+    record = dry_run_in_subprocess(model_cfg, train_cfg, resolve_device(device))
+    table = Table(title=f"pretrain --dry-run ({opts.removal_summary(train_cfg)}, batch {record['batch_size']})",
+                  title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for part, n in record["parameters"].items():
+        table.add_row(f"parameters: {part}", f"{n:,}")
+    table.add_row("GFLOP per step (forward + backward)", f"{record['gflop_per_step']:,}")
+    table.add_row("memory: built model", f"{record['model_mib']:,.0f} MiB")
+    table.add_row("memory: a step's peak on top", f"{record['step_peak_mib']:,.0f} MiB")
+    Console().print(table)
 
 
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, settings: dict) -> None:

@@ -637,6 +637,34 @@ def _current_rss_bytes() -> int:
         return _peak_rss_bytes()
 
 
+def dry_run(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str = "cpu") -> dict:
+    """What one training step of these configs costs, without training: ``pretrain --dry-run``.
+
+    Runs in a fresh process (:func:`dry_run_in_subprocess`): one step at batch 1 as the base,
+    two at the configured batch for the peak memory (as :func:`step_memory`), then one counted
+    with torch's FLOP counter.
+
+    Returns:
+        ``{"parameters": {part: count}, "batch_size", "gflop_per_step", "model_mib",
+        "step_peak_mib", "method"}``.
+    """
+    dev = torch.device(device)
+    step = TrainStep(model_cfg, train_cfg, batch_size=train_cfg.batch_size, device=dev)
+    memory = _measure_step_memory(step, dev)
+    flops = count_flops(step.forward_backward)
+    return {"parameters": step.model.num_params(), "batch_size": train_cfg.batch_size,
+            "gflop_per_step": _round(flops / 1e9, 2), **memory}
+
+
+def dry_run_in_subprocess(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> dict:
+    """:func:`dry_run` in a fresh Python process, so no earlier allocation hides the peak."""
+    code = ("import json, sys; from detailclip_cli.core.bench import dry_run; "
+            "from detailclip_cli.core.config import configs_from_dict; "
+            "m, t = configs_from_dict(json.loads(sys.argv[1])); print(json.dumps(dry_run(m, t, sys.argv[2])))")
+    document = json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()})
+    return _probe([code, document, str(device)], "the dry run")
+
+
 def step_memory(preset: str, batch_size: int, variant: str, device: str = "cpu", steps: int = 2) -> dict:
     """Peak memory that training steps at ``batch_size`` add to a built, warmed-up model.
 
@@ -652,7 +680,11 @@ def step_memory(preset: str, batch_size: int, variant: str, device: str = "cpu",
     """
     dev = torch.device(device)
     model_cfg, train_cfg = variant_configs(preset, variant)
-    step = TrainStep(model_cfg, train_cfg, batch_size=batch_size, device=dev)
+    return _measure_step_memory(TrainStep(model_cfg, train_cfg, batch_size=batch_size, device=dev), dev, steps)
+
+
+def _measure_step_memory(step: TrainStep, dev: torch.device, steps: int = 2) -> dict:
+    """:func:`step_memory` of a built step: a batch-1 step as the base, then ``steps`` full ones."""
     inputs = (step.view1, step.view2, step.text)
     step.view1, step.view2, step.text = (x[:1] for x in inputs)
     step()
@@ -679,11 +711,15 @@ def step_memory_in_subprocess(preset: str, batch_size: int, variant: str, device
     """:func:`step_memory` in a fresh Python process, so no earlier allocation hides the peak."""
     code = ("import json, sys; from detailclip_cli.core.bench import step_memory; "
             "print(json.dumps(step_memory(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])))")
-    result = subprocess.run([sys.executable, "-c", code, preset, str(batch_size), variant, str(device)],
-                            capture_output=True, text=True)
+    return _probe([code, preset, str(batch_size), variant, str(device)], "the memory probe")
+
+
+def _probe(args: list[str], what: str) -> dict:
+    """Run ``python -c args[0] args[1:]`` and parse the JSON of its last stdout line."""
+    result = subprocess.run([sys.executable, "-c", *args], capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the memory probe failed: {last}")
+        raise RuntimeError(f"{what} failed: {last}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
