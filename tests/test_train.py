@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -192,3 +193,23 @@ def test_demo_views_are_never_mirrored():
     demo, user = train_augment(64, "demo"), train_augment(64, "./imgs")
     assert demo.hflip == 0.0 and user.hflip == 0.5  # demo captions say left and right
     assert demo.crop_scale == user.crop_scale == (0.35, 1.0)  # otherwise the general small-image recipe
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_close_to_fp32(demo_cache, tmp_path, precision):
+    from detailclip_cli.core.train import autocast_dtype
+
+    model_cfg, train_cfg = small_configs(steps=2, save_every=2, batch_size=4)
+    model_cfg.vision.depth, model_cfg.vision.width, model_cfg.vision.heads = 1, 48, 2
+    ref = list(train(model_cfg, train_cfg, out_dir=tmp_path / "fp32", device="cpu"))
+    cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "precision": precision})
+    got = list(train(model_cfg, cfg, out_dir=tmp_path / precision, device="cpu"))
+    # Step 1 starts from the same weights. (fp16's loss scaler may skip an early update whose
+    # scaled gradients overflowed, so later steps are not comparable.)
+    assert got[0].losses == pytest.approx(ref[0].losses, rel=0.05, abs=0.05)
+    assert got[0].losses != ref[0].losses  # it did run in lower precision
+    assert all(math.isfinite(v) for v in got[1].losses.values())
+    model = load_model(tmp_path / precision)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16

@@ -35,10 +35,11 @@ LogEveryOpt = Annotated[Optional[int], typer.Option("--log-every", min=1, help="
 SaveEveryOpt = Annotated[Optional[int], typer.Option("--save-every", min=1, help="Checkpoint every N steps.")]
 MaxBadOpt = Annotated[Optional[float], typer.Option("--max-bad-fraction", help="Stop when more than this fraction of the samples read so far cannot be read (default 0.05); unreadable ones below it are skipped and counted.")]
 CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks (worth it on GPU for long runs; compiling takes a while).")]
+PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, or fp16 (with a loss scaler). On CPU anything but fp32 is far slower.", show_default=False)]
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last checkpoint (--steps may extend it).")]
 
 # What may change when a run is resumed (besides --device).
-RESUME_OVERRIDES = {"steps", "workers", "log_every", "save_every", "max_bad_fraction", "compile"}
+RESUME_OVERRIDES = {"steps", "workers", "log_every", "save_every", "max_bad_fraction", "compile", "precision"}
 
 
 def given_overrides(params: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def resume_configs(resume: Path, given: dict[str, Any], *, other_options: bool):
 
     if set(given) - RESUME_OVERRIDES or other_options:
         raise C.ConfigError("--resume continues a run with its own settings; only --steps, --workers, "
-                            "--device, --log-every, --save-every, --max-bad-fraction and --compile may be given with it")
+                            "--device, --log-every, --save-every, --max-bad-fraction, --compile and --precision may be given with it")
     model_cfg, train_cfg, settings = read_run_settings(resume)
     return model_cfg, C.TrainConfig.from_dict({**train_cfg.to_dict(), **given}), settings
 

@@ -60,6 +60,7 @@ def distill(
     save_every: opts.SaveEveryOpt = None,
     max_bad_fraction: opts.MaxBadOpt = None,
     compile: opts.CompileOpt = None,
+    precision: opts.PrecisionOpt = None,
     resume: opts.ResumeOpt = None,
 ) -> None:
     """Distil a student from a teacher using images only (captions are not needed); writes a run folder.

@@ -38,6 +38,7 @@ def pretrain(
     save_every: opts.SaveEveryOpt = None,
     max_bad_fraction: opts.MaxBadOpt = None,
     compile: opts.CompileOpt = None,
+    precision: opts.PrecisionOpt = None,
     resume: opts.ResumeOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print parameter counts, FLOPs per step and the peak memory of one step, then stop (nothing is written).")] = False,
 ) -> None:

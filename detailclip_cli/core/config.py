@@ -183,6 +183,9 @@ class TrainConfig:
     # torch.compile every transformer block (vision towers, decoder) in place: state-dict keys
     # stay the same, so checkpoints do not depend on it. Pays a compile time at the start.
     compile: bool = False
+    # Autocast dtype: auto = bf16 on GPU, fp32 on CPU (where bf16/fp16 matmuls are far slower);
+    # fp16 runs with a dynamic loss scaler.
+    precision: str = "auto"
     log_every: int = 10
     save_every: int = 200
 
@@ -206,6 +209,8 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.lr <= 0:

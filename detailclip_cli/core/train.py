@@ -444,6 +444,13 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
     return TrainingRun(steps, objective, start, stop, data_report=report)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a ``precision`` setting on ``device``; None for plain fp32."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def compile_blocks(module: torch.nn.Module) -> int:
     """``torch.compile`` each transformer block under ``module`` in place; returns how many.
 
@@ -475,7 +482,8 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
     stop = stop if stop is not None else {"requested": False}
     dev = device
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    use_amp = dev.type == "cuda"  # bf16 only on GPU: on CPU it is far slower than fp32
+    amp_dtype = autocast_dtype(cfg.precision, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
     objective.train()
     t_start = time.perf_counter()
     t_log, n_since_log = t_start, 0
@@ -505,7 +513,7 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
         view1, view2 = (batch[k].to(dev, non_blocking=True) for k in ("view1", "view2"))
         text = batch["text"].to(dev, non_blocking=True) if "text" in batch else None
         views = {k: v.to(dev, non_blocking=True) for k, v in batch.items() if k not in _POSITIONAL_KEYS}
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             losses = objective(view1, view2, text, step=step, **views)
         bad = [k for k, val in losses.items() if k != "loss" and not torch.isfinite(val)]
         if bad or not torch.isfinite(losses["loss"]):
@@ -515,10 +523,12 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
                 f"stopped, the last good checkpoint in {out_dir} is kept"
             )
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        scaler.scale(losses["loss"]).backward()  # the identity unless fp16
         if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
+        scaler.update()
         momentum = objective.update_teacher(step)
         n_since_log += view1.shape[0]
 
