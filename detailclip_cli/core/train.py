@@ -302,6 +302,7 @@ def read_run_settings(out_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str
     path = Path(out_dir) / RUN_FILE
     if not path.exists():
         raise ConfigError(f"cannot resume: {path} is missing (not a run folder)")
+    recover_checkpoint(out_dir)  # a crash in the first checkpoint's renames may have held config.json back
     settings = json.loads(path.read_text())
     return read_model_config(out_dir), TrainConfig.from_dict(settings["train"]), settings
 
