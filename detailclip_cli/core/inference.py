@@ -83,7 +83,7 @@ def model_folder(spec: str | Path) -> Path:
     return path
 
 
-def _local_folder(spec: str | None) -> Path | None:
+def local_model_folder(spec: str | None) -> Path | None:
     """The folder of a local model spec; None for ``open_clip:NAME`` or a path naming no model."""
     from detailclip_cli.core.openclip import open_clip_name
 
@@ -106,7 +106,7 @@ def has_decoder(spec: str | None) -> bool:
 
     if spec is not None and open_clip_name(spec) is not None:
         return False
-    folder = _local_folder(spec)
+    folder = local_model_folder(spec)
     try:
         return folder is None or read_model_config(folder).decoder is not None
     except ModelLoadError:
@@ -118,7 +118,7 @@ def run_train_settings(spec: str | None) -> dict | None:
     from detailclip_cli.core.config import ConfigError
     from detailclip_cli.core.train import read_run_settings
 
-    folder = _local_folder(spec)
+    folder = local_model_folder(spec)
     if folder is None:
         return None
     try:

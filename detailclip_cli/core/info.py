@@ -29,10 +29,10 @@ def model_info(spec: str | None, *, pretrained: str | None = None) -> dict[str, 
         ``weights``, ``training`` and ``provenance`` are None where the model has no such record
         (an open_clip model has no run; a saved model folder may have no run.json).
     """
-    from detailclip_cli.core.inference import _local_folder, resolve_model, shipped_model_dir
+    from detailclip_cli.core.inference import local_model_folder, resolve_model, shipped_model_dir
 
     model = resolve_model(spec, pretrained=pretrained)
-    folder = _local_folder(spec)
+    folder = local_model_folder(spec)
     label = spec or str(shipped_model_dir())
     info: dict[str, Any] = {
         "model": label + (f" ({pretrained})" if pretrained else ""),
