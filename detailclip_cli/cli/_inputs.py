@@ -38,7 +38,7 @@ class Inputs:
 
 def expand_inputs(args: list[str], *, stdin: TextIO | None = None) -> Inputs:
     """Expand files, folders, globs and ``-`` into a de-duplicated, ordered list of paths."""
-    from detailclip_cli.core.data import is_image_file
+    from detailclip_cli.core.data import image_files, is_image_file
 
     out = Inputs()
     seen: set[Path] = set()
@@ -52,7 +52,7 @@ def expand_inputs(args: list[str], *, stdin: TextIO | None = None) -> Inputs:
     def expand(arg: str) -> None:
         path = _expanduser(arg)
         if path.is_dir():
-            found = _walk_images(path, is_image_file)
+            found = image_files(path)
             if not found:
                 out.empty.append(arg)
             for image in found:
@@ -64,7 +64,7 @@ def expand_inputs(args: list[str], *, stdin: TextIO | None = None) -> Inputs:
             found_any = False
             for match in map(Path, matches):
                 if match.is_dir():
-                    for found in _walk_images(match, is_image_file):
+                    for found in image_files(match):
                         add(found)
                         found_any = True
                 elif is_image_file(match):
@@ -105,10 +105,3 @@ def _expanduser(arg: str) -> Path:
         return Path(arg).expanduser()
     except RuntimeError:
         return Path(arg)
-
-
-def _walk_images(folder: Path, is_image_file) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
-    from detailclip_cli.core.data.readers import walk_files
-
-    return [p for p in walk_files(folder) if is_image_file(p)]

@@ -38,12 +38,11 @@ from detailclip_cli.core.data import (
     DataError,
     Sample,
     TwoViewDataset,
-    is_image_file,
+    image_files,
     item_seed,
     load_image,
     make_view_transform,
     read_samples,
-    walk_files,
 )
 from detailclip_cli.core.losses import patchify, reconstruction_loss
 from detailclip_cli.core.model import DetailCLIP
@@ -84,7 +83,7 @@ def image_samples(data: str | Path, *, split: str = "train") -> list[Sample]:
     if str(data) == "demo" or not path.is_dir():
         return read_samples(data, split=split)  # names what is wrong with a missing path or file
     folder = path / split if split and (path / split).is_dir() else path
-    images = [f for f in walk_files(folder) if is_image_file(f)]  # each real folder once: links cannot loop
+    images = image_files(folder)  # each real folder once: links cannot loop
     if not images:
         raise DataError(f"no images found in {folder}")
     return [Sample(image=image, caption="") for image in sorted(images)]

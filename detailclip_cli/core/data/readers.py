@@ -391,6 +391,11 @@ def walk_files(folder: str | Path) -> list[Path]:
     return sorted(files)
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files among :func:`walk_files` (by extension; masks are images too here)."""
+    return [f for f in walk_files(folder) if is_image_file(f)]
+
+
 def _read_folder(folder: Path, *, class_template: str) -> SampleList:
     if not folder.is_dir():
         raise DataError(f"data folder does not exist: {printable(folder)}")
