@@ -10,14 +10,14 @@ STEPS=${2:-300}
 
 "$BIN/detailclip" pretrain --preset tiny --steps "$STEPS" --seed 0 --out "$OUT"
 
-# The first validation image of four classes.
+# The first validation image of four classes (ink colours).
 mapfile -t IMAGES < <("$BIN/python" -c "
 from detailclip_cli.core.data import demo_root, is_image_file
 val = demo_root() / 'val'
-for c in ('zero', 'three', 'seven', 'nine'):
+for c in ('red', 'green', 'blue', 'yellow'):
     print(sorted(p for p in (val / c).iterdir() if is_image_file(p))[0])
 ")
-LABELS="zero,one,two,three,four,five,six,seven,eight,nine"
+LABELS="red,green,blue,yellow,white,black,orange,purple"
 
 echo "== zero-shot on four validation images (the run you just trained)"
 "$BIN/detailclip" zero-shot "${IMAGES[@]}" --labels "$LABELS" --templates demo --top-k 3 --model "$OUT"

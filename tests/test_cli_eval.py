@@ -23,7 +23,7 @@ def test_evaluate_json_record(demo_cache, run_dir, tmp_path):
     assert 0.0 <= m["zeroshot"]["top1"] <= m["zeroshot"]["top5"] <= 1.0
     assert {"image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10", "text_to_image_R@1"} <= set(m["retrieval"])
     assert m["retrieval"]["image_to_text_R@1"] <= m["retrieval"]["image_to_text_R@10"]
-    assert m["dense"]["num_classes"] == 11 and 0.0 <= m["dense"]["mIoU"] <= 1.0
+    assert m["dense"]["num_classes"] == 9 and 0.0 <= m["dense"]["mIoU"] <= 1.0
     assert 0.0 <= m["probe"]["knn_top1"] <= 1.0
 
 

@@ -10,7 +10,8 @@ import sys
 import typer
 
 from detailclip_cli import __version__
-from detailclip_cli.cli import attn_map, bench, distill, evaluate, info, plot, pretrain, reconstruct, zero_shot
+from detailclip_cli.cli import attn_map, bench, distill, evaluate, export, info, plot, pretrain, reconstruct, shard, zero_shot
+from detailclip_cli.cli._common import is_main_rank
 from detailclip_cli.errors import DetailclipError
 
 app = typer.Typer(
@@ -56,6 +57,8 @@ _register("evaluate", evaluate.evaluate, no_args_is_help=False)
 _register("plot", plot.plot, no_args_is_help=True)
 _register("bench", bench.bench, no_args_is_help=False)
 _register("info", info.info, no_args_is_help=False)
+_register("shard", shard.shard, no_args_is_help=True)
+_register("export", export.export, no_args_is_help=True)
 
 
 def _version(value: bool) -> None:
@@ -80,14 +83,16 @@ def main() -> None:
         # Not standalone: click's usage errors come here instead of becoming a boxed panel.
         code = app(standalone_mode=False)
     except DetailclipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if is_main_rank():  # under torchrun every process stops; rank 0 alone says why
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except usage_error as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # the command's help is already printed
             sys.exit(exc.exit_code)
         command = exc.ctx.command_path if exc.ctx is not None else "detailclip"
         message = " ".join(exc.format_message().split())  # click may wrap a long message
-        print(f"error: {message} (see `{command} --help`)", file=sys.stderr)
+        if is_main_rank():
+            print(f"error: {message} (see `{command} --help`)", file=sys.stderr)
         sys.exit(2)
     except click_exception as exc:
         print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-DataOpt = Annotated[str, typer.Option("--data", help="Training data: 'demo', a folder (images + .txt captions, or class sub-folders), or a CSV/TSV file.")]
+DataOpt = Annotated[str, typer.Option("--data", help="Training data: 'demo', a folder (images + .txt captions, or class sub-folders), a CSV/TSV file, or webdataset tar shards ('shards/{000000..000099}.tar', one .tar, or a folder of them; see `detailclip shard`).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (data order, augmentation, init, random removal).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Data-loader worker processes.")]
@@ -19,7 +19,7 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output folder.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="JSON config file ({\"preset\": ..., \"model\": {...}, \"train\": {...}}).")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Training steps.")]
 EpochsOpt = Annotated[Optional[float], typer.Option("--epochs", min=0, help="Training length in passes over the data (instead of --steps).")]
-TrainBatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per step.")]
+TrainBatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per optimiser step, over all processes under torchrun (each reads an equal share).")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")]
 WeightDecayOpt = Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay.")]
 WarmupOpt = Annotated[Optional[int], typer.Option("--warmup-steps", min=0, help="Linear learning-rate warm-up steps.")]
@@ -36,10 +36,18 @@ SaveEveryOpt = Annotated[Optional[int], typer.Option("--save-every", min=1, help
 MaxBadOpt = Annotated[Optional[float], typer.Option("--max-bad-fraction", help="Stop when more than this fraction of the samples read so far cannot be read (default 0.05); unreadable ones below it are skipped and counted.")]
 CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks (worth it on GPU for long runs; compiling takes a while).")]
 PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, or fp16 (with a loss scaler). On CPU anything but fp32 is far slower.", show_default=False)]
+SamplesPerEpochOpt = Annotated[Optional[int], typer.Option("--samples-per-epoch", min=1, help="Tar shards only: the length of an epoch in samples (default: one pass over all of them; more repeats the data in fresh orders).", show_default=False)]
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last checkpoint (--steps may extend it).")]
+InitOpt = Annotated[Optional[str], typer.Option("--init", help="Start the towers, image projection and logit scale from this model (its architecture replaces the preset's; decoder and head start fresh): open_clip:NAME with --pretrained (plain ViT CLIP architectures, e.g. ViT-B-32, ViT-B-16), a run folder or a saved model.", show_default=False)]
+InitPretrainedOpt = Annotated[Optional[str], typer.Option("--pretrained", help="With --init open_clip:NAME: an open_clip pretrained tag or a local weights file.", show_default=False)]
+LockTextOpt = Annotated[bool, typer.Option("--lock-text", help="Freeze the text tower (LiT): it gets no gradient and no update, and stays as --init gave it.")]
 
-# What may change when a run is resumed (besides --device).
-RESUME_OVERRIDES = {"steps", "workers", "log_every", "save_every", "max_bad_fraction", "compile", "precision"}
+AccumOpt = Annotated[Optional[int], typer.Option("--accum-steps", min=1, help="Gradient accumulation: read each step's batch as N micro-batches (less memory, same gradient: the CLIP loss still sees the whole batch's negatives).")]
+GradCkptOpt = Annotated[Optional[bool], typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Recompute the towers' block activations in the backward: less memory, about a third more compute.", show_default=False)]
+
+# What may change when a run is resumed (besides --device and the number of processes).
+RESUME_OVERRIDES = {"steps", "workers", "log_every", "save_every", "max_bad_fraction", "compile", "precision",
+                    "accum_steps", "grad_checkpointing"}
 
 
 def given_overrides(params: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +61,22 @@ def given_overrides(params: dict[str, Any]) -> dict[str, Any]:
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return {k: v for k, v in params.items() if k in names and v is not None}
+
+
+def epoch_samples(data: str, *, samples_per_epoch: int | None = None, images_only: bool = False) -> int:
+    """Samples in one epoch of ``data``, for ``--epochs``: of tar shards (or ``--samples-per-epoch``),
+    else what the reader finds (all images, with or without captions, when ``images_only``)."""
+    from detailclip_cli.core.data import read_samples
+    from detailclip_cli.core.data.shards import epoch_samples as shard_samples
+    from detailclip_cli.core.data.shards import streams_shards
+
+    if streams_shards(data, samples_per_epoch=samples_per_epoch or 0):
+        return shard_samples(data, samples_per_epoch=samples_per_epoch or 0)
+    if images_only:
+        from detailclip_cli.core.distill import image_samples
+
+        return len(image_samples(data, split="train"))
+    return len(read_samples(data, split="train"))
 
 
 def removal_summary(train_cfg) -> str:
@@ -78,7 +102,8 @@ def resume_configs(resume: Path, given: dict[str, Any], *, other_options: bool):
 
     if set(given) - RESUME_OVERRIDES or other_options:
         raise C.ConfigError("--resume continues a run with its own settings; only --steps, --workers, "
-                            "--device, --log-every, --save-every, --max-bad-fraction, --compile and --precision may be given with it")
+                            "--device, --log-every, --save-every, --max-bad-fraction, --compile, --precision, "
+                            "--accum-steps and --grad-checkpointing may be given with it")
     model_cfg, train_cfg, settings = read_run_settings(resume)
     return model_cfg, C.TrainConfig.from_dict({**train_cfg.to_dict(), **given}), settings
 
@@ -197,11 +222,21 @@ class GracefulStop:
         return False
 
 
+def is_main_rank() -> bool:
+    """False in the processes torchrun starts besides rank 0, which stay quiet (read without torch)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def err_console():
-    """A Rich console on stderr: messages and progress never mix with results on stdout."""
+    """A Rich console on stderr: messages and progress never mix with results on stdout.
+
+    Under torchrun only rank 0's console prints; the other processes' is silent.
+    """
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, quiet=not is_main_rank())
 
 
 def format_stats(info, show: tuple[str, ...] = ()) -> str:

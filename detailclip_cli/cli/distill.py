@@ -11,7 +11,8 @@ from detailclip_cli.cli import _common as opts
 
 ImagesDataOpt = Annotated[str, typer.Option(
     "--data", help="Training images: 'demo', a folder of images (searched recursively; captions are not "
-    "needed), or a CSV/TSV file.")]
+    "needed), a CSV/TSV file, or webdataset tar shards (a pattern such as 'shards/{000000..000099}.tar', "
+    "one .tar, or a folder of them).")]
 TeacherOpt = Annotated[Optional[str], typer.Option(
     "--teacher", help="A trained teacher, kept frozen: a run folder, a model folder, or open_clip:NAME. "
     "Without it: self-distillation from an EMA copy of the student (no captions, no text tower).",
@@ -61,6 +62,9 @@ def distill(
     max_bad_fraction: opts.MaxBadOpt = None,
     compile: opts.CompileOpt = None,
     precision: opts.PrecisionOpt = None,
+    samples_per_epoch: opts.SamplesPerEpochOpt = None,
+    accum_steps: opts.AccumOpt = None,
+    grad_checkpointing: opts.GradCkptOpt = None,
     resume: opts.ResumeOpt = None,
 ) -> None:
     """Distil a student from a teacher using images only (captions are not needed); writes a run folder.
@@ -98,10 +102,9 @@ def distill(
         local_crops, local_size = settings.get("local_crops", 0), settings.get("local_size")
         settings = {k: v for k, v in settings.items() if k in ("student",)}
     else:
-        from detailclip_cli.core.distill import image_samples
-
-        model_cfg, train_cfg = opts.new_configs(student, config, given, epochs=epochs, preset_option="--student",
-                                                count_samples=lambda: len(image_samples(data, split="train")))
+        model_cfg, train_cfg = opts.new_configs(
+            student, config, given, epochs=epochs, preset_option="--student",
+            count_samples=lambda: opts.epoch_samples(data, samples_per_epoch=samples_per_epoch, images_only=True))
         if no_reconstruct:
             model_cfg.decoder = None
         out_dir = out or opts.default_run_dir("distill")

@@ -39,7 +39,13 @@ def pretrain(
     max_bad_fraction: opts.MaxBadOpt = None,
     compile: opts.CompileOpt = None,
     precision: opts.PrecisionOpt = None,
+    samples_per_epoch: opts.SamplesPerEpochOpt = None,
+    accum_steps: opts.AccumOpt = None,
+    grad_checkpointing: opts.GradCkptOpt = None,
     resume: opts.ResumeOpt = None,
+    init: opts.InitOpt = None,
+    pretrained: opts.InitPretrainedOpt = None,
+    lock_text: opts.LockTextOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print parameter counts, FLOPs per step and the peak memory of one step, then stop (nothing is written).")] = False,
 ) -> None:
     """Pretrain DetailCLIP on image-caption data; writes a run folder.
@@ -52,30 +58,44 @@ def pretrain(
 
       detailclip pretrain --resume runs/demo --steps 600
 
+      detailclip pretrain --init open_clip:ViT-B-32 --pretrained ./vit-b-32.pt --lock-text --block-size 1
+
       detailclip pretrain --preset base --batch-size 64 --dry-run
+
+      torchrun --nproc_per_node 4 -m detailclip_cli pretrain --preset small --batch-size 1024 --accum-steps 2
     """
     given = opts.given_overrides(locals())
     if resume is not None:
         model_cfg, train_cfg, settings = opts.resume_configs(
-            resume, given, other_options=bool(preset or config or no_distill or no_reconstruct or epochs))
+            resume, given, other_options=bool(preset or config or no_distill or no_reconstruct or epochs
+                                              or init or pretrained or lock_text))
         data, out_dir = settings["data"], resume
+        lock_text, init_model = bool(settings.get("lock_text", False)), None  # the weights come from the checkpoint
         settings = {k: v for k, v in settings.items() if k in ("preset",)}
     else:
-        from detailclip_cli.core.data import read_samples
-
         model_cfg, train_cfg = opts.new_configs(preset, config, given, epochs=epochs,
-                                                count_samples=lambda: len(read_samples(data, split="train")))
+                                                count_samples=lambda: opts.epoch_samples(data, samples_per_epoch=samples_per_epoch))
         if no_distill:
             model_cfg.head = None
         if no_reconstruct:
             model_cfg.decoder = None
         out_dir = out or opts.default_run_dir("pretrain")
-        settings = {"preset": preset or ("tiny" if config is None else None), "command": "pretrain"}
+        init_model = None
+        if init is not None:
+            from detailclip_cli.core.init_weights import load_init
+
+            model_cfg, init_model = load_init(init, pretrained, model_cfg)
+        elif pretrained is not None:
+            from detailclip_cli.errors import UsageError
+
+            raise UsageError("--pretrained goes with --init open_clip:NAME")
+        settings = {"preset": preset or ("tiny" if config is None else None), "command": "pretrain",
+                    "init": init, "init_pretrained": pretrained, "lock_text": lock_text}
 
     if dry_run:
         return report_dry_run(model_cfg, train_cfg, device)
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
-        settings=settings)
+        settings=settings, init=init_model, lock_text=lock_text)
 
 
 def report_dry_run(model_cfg, train_cfg, device: str) -> None:
@@ -101,16 +121,20 @@ def report_dry_run(model_cfg, train_cfg, device: str) -> None:
     Console().print(table)
 
 
-def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, settings: dict) -> None:
+def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, settings: dict,
+        init=None, lock_text: bool = False) -> None:
     """Drive the core training loop and draw its progress on stderr."""
     from detailclip_cli.core.train import train
 
     console = opts.err_console()
-    steps = train(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, resume=resume, settings=settings)
+    steps = train(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, resume=resume, settings=settings,
+                  init=init, lock_text=lock_text)
     mechanisms = [
         opts.removal_summary(train_cfg),
         "distill=" + ("on" if model_cfg.head else "off"),
         "reconstruct=" + ("on" if model_cfg.decoder else "off"),
+        *([f"init={settings['init']}"] if settings.get("init") else []),
+        *(["text=locked"] if lock_text else []),
     ]
     console.print(f"[bold]detailclip pretrain[/bold] -> {out_dir}  ({', '.join(mechanisms)})")
     opts.drive(steps, console=console, total=train_cfg.steps, out_dir=out_dir)

@@ -176,8 +176,14 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 100
     grad_clip: float = 0.0  # 0 = off
+    # batch_size is the global batch of an optimiser step; it is read as accum_steps micro-batches
+    # (per process, under torchrun), with the gradient of the whole batch (core/distributed.py).
+    accum_steps: int = 1
+    # Recompute each tower block's activations in the backward: less memory, about 1/3 more compute.
+    grad_checkpointing: bool = False
     # run
     max_bad_fraction: float = 0.05  # stop when more of the samples seen than this are unreadable
+    samples_per_epoch: int = 0  # tar shards only: the length of an epoch (0 = one pass over the data)
     seed: int = 0
     workers: int = 0
     # torch.compile every transformer block (vision towers, decoder) in place: state-dict keys
@@ -207,10 +213,16 @@ class TrainConfig:
             raise ConfigError(f"block_size must be at least 1, got {self.block_size}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.accum_steps < 1:
+            raise ConfigError(f"accum_steps must be at least 1, got {self.accum_steps}")
+        if self.batch_size % self.accum_steps:
+            raise ConfigError(f"batch_size {self.batch_size} does not split into {self.accum_steps} equal micro-batches")
         if self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.samples_per_epoch < 0:
+            raise ConfigError(f"samples_per_epoch must be at least 0, got {self.samples_per_epoch}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.lr <= 0:

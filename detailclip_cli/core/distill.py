@@ -40,10 +40,11 @@ from detailclip_cli.core.data import (
     TwoViewDataset,
     image_files,
     item_seed,
-    load_image,
     make_view_transform,
     read_samples,
 )
+from detailclip_cli.core.data.shards import ShardDataset, streams_shards
+from detailclip_cli.core.distributed import BatchShard, join_process_group
 from detailclip_cli.core.losses import patchify, reconstruction_loss
 from detailclip_cli.core.model import DetailCLIP
 from detailclip_cli.core.objective import NUM_VIEWS, DetailCLIPObjective
@@ -108,7 +109,7 @@ class MultiCropDataset(TwoViewDataset):
         local_size: their side in pixels (a multiple of the patch size).
     """
 
-    def __init__(self, samples: Sequence[Sample], *, image_size: int, mean: Sequence[float],
+    def __init__(self, samples: Sequence[Sample] | None, *, image_size: int, mean: Sequence[float],
                  std: Sequence[float], aug: AugmentConfig, tokenize, seed: int, local_crops: int = 0,
                  local_size: int):
         super().__init__(samples, image_size=image_size, mean=mean, std=std, aug=aug, tokenize=tokenize, seed=seed)
@@ -117,11 +118,10 @@ class MultiCropDataset(TwoViewDataset):
                                         solarize=(0.0, 0.0))
         self.local = make_view_transform(image_size=local_size, mean=mean, std=std, aug=local_aug, view=1)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def make_item(self, image, i: int, caption: str) -> dict[str, torch.Tensor]:
         """A :class:`TwoViewDataset` item plus ``local_views`` (N, 3, h, h) when N > 0."""
-        item = super().__getitem__(i)
-        if self.local_crops and "bad" not in item:
-            image = load_image(self.samples[i].image)
+        item = super().make_item(image, i, caption)
+        if self.local_crops:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(item_seed(self.seed, self.epoch, i) ^ _LOCAL_STREAM)
                 item["local_views"] = torch.stack([self.local(image) for _ in range(self.local_crops)])
@@ -197,12 +197,8 @@ class _DistillObjective(DetailCLIPObjective):
 
     stats: dict[str, torch.Tensor]
     monitor: CollapseMonitor
-
-    def encode_student(self, images: torch.Tensor, scores: torch.Tensor | None, step: int) -> tuple[torch.Tensor, Removal]:
-        """Token removal and the student encoder: (VB, 3, H, W) -> latent (VB, 1 + K, Ds), removal."""
-        removal = self.remove(self.model.visual.embed_patches(images), scores, step)
-        latent, _ = self.model.visual.forward_tokens(removal.kept)
-        return latent, removal
+    # Every loss is a per-sample mean (no CLIP loss): gradient accumulation has nothing to cache.
+    contrastive_features = None
 
     def reconstruct(self, images: torch.Tensor, latent: torch.Tensor,
                     removal: Removal) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
@@ -266,7 +262,8 @@ class SelfDistillObjective(_DistillObjective):
         self.monitor = CollapseMonitor(dim=model.visual.width, classes=model.cfg.head.out_dim)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
-                step: int, local_views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                step: int, local_views: torch.Tensor | None = None,
+                shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
         """One step's losses.
 
         Args:
@@ -274,13 +271,14 @@ class SelfDistillObjective(_DistillObjective):
             text: ignored (captions are not used).
             step: the global step (schedules, random removal seeds).
             local_views: (B, N, 3, h, h) local crops, or None.
+            shard: where the batch sits in the step's global batch (random removal rows).
 
         Returns:
             ``{"rec", "cls", "patch", "loss"}`` (``rec`` only with a decoder).
         """
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
         teacher_tokens, scores = self.teacher_pass(images)  # (VB, 1 + L, D), (VB, L) or None
-        latent, removal = self.encode_student(images, scores, step)  # (VB, 1 + K, D)
+        latent, removal = self.encode_student(images, scores, step, shard)  # (VB, 1 + K, D)
         losses, features = self.reconstruct(images, latent, removal)
         teacher_cls = self.teacher_cls_out(teacher_tokens)  # (V, B, C)
         # Statistics and the local term read the centre before the [CLS] loss moves it.
@@ -391,7 +389,8 @@ class FrozenTeacherObjective(_DistillObjective):
         return TeacherTargets(embedding, patches, scores)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
-                step: int, local_views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                step: int, local_views: torch.Tensor | None = None,
+                shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
         """One step's losses.
 
         Args:
@@ -399,6 +398,7 @@ class FrozenTeacherObjective(_DistillObjective):
             text: ignored (the teacher's embedding is the target).
             step: the global step (random removal seeds).
             local_views: (B, N, 3, h, h) local crops, or None.
+            shard: where the batch sits in the step's global batch (random removal rows).
 
         Returns:
             ``{"rec", "cls", "patch_kept", "patch_removed", "loss"}`` (``rec`` and
@@ -406,7 +406,7 @@ class FrozenTeacherObjective(_DistillObjective):
         """
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
         target = self.teacher_targets(images)
-        latent, removal = self.encode_student(images, target.scores, step)  # (VB, 1 + K, Ds)
+        latent, removal = self.encode_student(images, target.scores, step, shard)  # (VB, 1 + K, Ds)
         losses, features = self.reconstruct(images, latent, removal)
 
         student_emb = self.model.embed_cls(latent)  # (VB, E), unit norm
@@ -515,9 +515,11 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
         raise ConfigError(f"local_crops must be at least 0, got {local_crops}")
     if local_crops and (local_size % v.patch_size or local_size < v.patch_size):
         raise ConfigError(f"local crop size {local_size} is not a positive multiple of the patch size {v.patch_size}")
-    dev = resolve_device(device)
-    samples = image_samples(data, split="train")
-    check_batch_fits(len(samples), cfg)
+    dev = join_process_group(resolve_device(device))
+    shards = streams_shards(data, samples_per_epoch=cfg.samples_per_epoch)
+    samples = None if shards else image_samples(data, split="train")
+    if samples is not None:
+        check_batch_fits(len(samples), cfg)
 
     teacher_model = None
     if teacher is not None:
@@ -535,6 +537,9 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
     dataset = MultiCropDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std,
                                aug=train_augment(v.image_size, data), tokenize=None, seed=cfg.seed,
                                local_crops=local_crops, local_size=local_size)
+    if shards:  # the views above make the items of the images the shards stream
+        dataset = ShardDataset(data, views=dataset, seed=cfg.seed, samples_per_epoch=cfg.samples_per_epoch)
+        check_batch_fits(len(dataset), cfg)
     record = {"command": "distill", **(settings or {}), "teacher": teacher, "pretrained": pretrained,
               "local_crops": local_crops, "local_size": local_size}
     if teacher_model is not None:

@@ -6,6 +6,9 @@ P patch size.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -86,6 +89,7 @@ class _Centered(nn.Module):
         super().__init__()
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self._pending: list[tuple[torch.Tensor, int]] | None = None  # see deferred_center_updates
 
     def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Centred and sharpened teacher distribution (..., C), no gradient."""
@@ -93,16 +97,48 @@ class _Centered(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
-        """EMA of the mean teacher logit vector over all leading dimensions."""
+        """EMA of the mean teacher logit vector over all leading dimensions (and processes).
+
+        Inside :func:`deferred_center_updates` the logits are only summed, for one move later.
+        """
         flat = teacher_out.detach().float().reshape(-1, teacher_out.shape[-1])
-        total = flat.sum(dim=0, keepdim=True)
-        count = torch.tensor([float(flat.shape[0])], device=flat.device)
+        total = flat.sum(dim=0, keepdim=True)  # (1, C)
+        if self._pending is not None:
+            self._pending.append((total, flat.shape[0]))
+        else:
+            self._move_center(total, flat.shape[0])
+
+    @torch.no_grad()
+    def _move_center(self, total: torch.Tensor, count: int) -> None:
+        """One EMA step towards ``total / count``, both summed over the processes first."""
+        stats = torch.cat([total.flatten(), total.new_tensor([float(count)])])  # (C + 1,): one all-reduce
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
-        batch_center = total / count
+            dist.all_reduce(stats)
+        batch_center = (stats[:-1] / stats[-1]).unsqueeze(0)  # (1, C)
         m = self.center_momentum
         self.center.mul_(m).add_(batch_center, alpha=1 - m)
+
+
+@contextmanager
+def deferred_center_updates(module: nn.Module) -> Iterator[None]:
+    """Move every centre under ``module`` once, at the end, by the mean of all the updates asked for inside.
+
+    The training loop wraps an optimiser step in it, so a step of several micro-batches (or
+    processes) moves each centre once, by the mean over its whole batch, and every
+    micro-batch's loss reads the centre of the step before, as one big batch would. On an
+    exception the pending updates are dropped.
+    """
+    centred = [m for m in module.modules() if isinstance(m, _Centered)]
+    for m in centred:
+        m._pending = []
+    try:
+        yield
+        for m in centred:
+            if m._pending:
+                m._move_center(sum(t for t, _ in m._pending), sum(n for _, n in m._pending))
+    finally:
+        for m in centred:
+            m._pending = None
 
 
 class ClsDistillLoss(_Centered):

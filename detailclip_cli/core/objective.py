@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from detailclip_cli.core.config import TrainConfig
+from detailclip_cli.core.distributed import BatchShard
 from detailclip_cli.core.losses import (
     ClsDistillLoss,
     PatchDistillLoss,
@@ -40,6 +41,8 @@ class DetailCLIPObjective(nn.Module):
         cfg.validate(model.cfg)
         self.model = model
         self.cfg = cfg
+        model.visual.set_grad_checkpointing(cfg.grad_checkpointing)
+        model.text.set_grad_checkpointing(cfg.grad_checkpointing)
         # The teacher exists when it has work: choosing tokens or giving distillation targets.
         self.teacher = None
         if cfg.removal == "attention" or model.head is not None:
@@ -97,8 +100,13 @@ class DetailCLIPObjective(nn.Module):
             return self.teacher.visual.forward_with_scores(images, self.cfg.score_layer)
         return self.teacher.visual(images), None
 
-    def remove(self, patches: torch.Tensor, scores: torch.Tensor | None, step: int) -> Removal:
-        """Apply the configured removal strategy to (VB, L, D) position-embedded patch tokens."""
+    def remove(self, patches: torch.Tensor, scores: torch.Tensor | None, step: int,
+               shard: BatchShard | None = None) -> Removal:
+        """Apply the configured removal strategy to (VB, L, D) position-embedded patch tokens.
+
+        ``shard`` places the batch in its step's global batch: random scores are drawn for every
+        global row and this batch's rows taken, so they do not depend on how the step is split.
+        """
         c = self.cfg
         n, length = patches.shape[:2]
         grid = self.model.visual.grid_size
@@ -109,16 +117,52 @@ class DetailCLIPObjective(nn.Module):
             if c.removal == "random":
                 # Seeded by (seed, step) so a resumed run removes exactly the same tokens.
                 g = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
-                scores = random_scores(n, length, generator=g, device=patches.device)
+                if shard is None:
+                    scores = random_scores(n, length, generator=g, device=patches.device)
+                else:
+                    everyone = random_scores(NUM_VIEWS * shard.global_size, length, generator=g)
+                    everyone = everyone.view(NUM_VIEWS, shard.global_size, length)  # (V * G, L) -> (V, G, L)
+                    scores = shard.rows(everyone, n // NUM_VIEWS).to(patches.device)  # (VB, L)
         return remove_tokens(patches, scores, keep_ratio, grid=grid, block_size=block)
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor, *, step: int) -> dict[str, torch.Tensor]:
+    def encode_student(self, images: torch.Tensor, scores: torch.Tensor | None, step: int,
+                       shard: BatchShard | None = None) -> tuple[torch.Tensor, Removal]:
+        """Token removal and the student encoder: (VB, 3, H, W) -> latent (VB, 1 + K, D), removal."""
+        removal = self.remove(self.model.visual.embed_patches(images), scores, step, shard)
+        latent, _ = self.model.visual.forward_tokens(removal.kept)
+        return latent, removal
+
+    def contrastive(self, latent: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The CLIP loss's inputs: ``image0``, ``image1`` (B, E) per view and ``text`` (B, E), normalised."""
+        image_emb = self.model.embed_cls(latent).chunk(NUM_VIEWS)  # V x (B, E)
+        return {**{f"image{v}": e for v, e in enumerate(image_emb)}, "text": self.model.encode_text(text)}
+
+    @torch.no_grad()
+    def contrastive_features(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor, *, step: int,
+                             shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`contrastive` of a batch without gradient: the negatives gradient accumulation caches."""
+        images = torch.cat([view1, view2])  # (VB, 3, H, W)
+        scores = self.teacher_pass(images)[1] if self.cfg.removal == "attention" else None
+        return self.contrastive(self.encode_student(images, scores, step, shard)[0], text)
+
+    def clip_term(self, features: dict[str, torch.Tensor], shard: BatchShard | None) -> torch.Tensor:
+        """The CLIP loss over the global batch (``shard`` gives the other rows), averaged over the views."""
+        if shard is not None:
+            features = {k: shard.global_features(k, f) for k, f in features.items()}  # (B, E) -> (N, E)
+        scale = self.model.scale()
+        return sum(clip_loss(features[f"image{v}"], features["text"], scale) for v in range(NUM_VIEWS)) / NUM_VIEWS
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor, *, step: int,
+                shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
         """One step's losses.
 
         Args:
             view1, view2: (B, 3, H, W) two augmented views of the same images.
             text: (B, T) caption token ids.
             step: the global step (drives random removal seeds and schedules).
+            shard: where this batch sits in the step's global batch (several processes or
+                micro-batches), whose every row is a negative of the CLIP loss; None when
+                the batch is the whole step.
 
         Returns:
             ``{"loss": total, "clip": ..., "rec": ..., "cls": ..., "patch": ...}`` (only the
@@ -127,14 +171,9 @@ class DetailCLIPObjective(nn.Module):
         c, model = self.cfg, self.model
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
         teacher_tokens, scores = self.teacher_pass(images)
-        removal = self.remove(model.visual.embed_patches(images), scores, step)
-        latent, _ = model.visual.forward_tokens(removal.kept)  # (VB, 1 + K, D)
+        latent, removal = self.encode_student(images, scores, step, shard)  # (VB, 1 + K, D)
 
-        losses: dict[str, torch.Tensor] = {}
-        image_emb = model.embed_cls(latent).chunk(NUM_VIEWS)  # V x (B, E)
-        text_emb = model.encode_text(text)  # (B, E)
-        scale = model.scale()
-        losses["clip"] = sum(clip_loss(e, text_emb, scale) for e in image_emb) / NUM_VIEWS
+        losses = {"clip": self.clip_term(self.contrastive(latent, text), shard)}
 
         student_tokens = latent
         if model.decoder is not None:

@@ -26,7 +26,8 @@ open_clip                                              DetailCLIP
 Anything that has no counterpart (ResNet or timm image towers, attentional pooling, average
 pooling, layer scale, custom attention blocks, Hugging Face or other custom text towers) is
 refused with a one-line :class:`ModelLoadError` naming the architecture, never converted
-approximately.
+approximately. The same table, read right to left, writes our models back into open_clip
+(:mod:`detailclip_cli.core.export`).
 """
 
 from __future__ import annotations
@@ -192,38 +193,51 @@ def open_clip_config(oc_model: nn.Module, *, name: str = "open_clip model") -> M
 def convert_state_dict(oc_model: nn.Module, *, num_blocks: int) -> dict[str, torch.Tensor]:
     """Rename (and reshape) an open_clip CLIP state dict into DetailCLIP's names, as fp32."""
     src = {k: v.detach().float() for k, v in oc_model.state_dict().items()}
-    out: dict[str, torch.Tensor] = {}
+    # Missing tensors (no ln_pre, a bias-free conv1) are simply absent; from_open_clip's strict
+    # load names any that DetailCLIP needed.
+    out = {ours: src[theirs] for theirs, ours in vision_key_pairs(num_blocks) if theirs in src}
     v = "visual."
-    out["visual.patch_embed.proj.weight"] = src[v + "conv1.weight"]
-    if v + "conv1.bias" in src:
-        out["visual.patch_embed.proj.bias"] = src[v + "conv1.bias"]
     out["visual.cls_token"] = src[v + "class_embedding"].reshape(1, 1, -1)  # (D,) -> (1, 1, D)
     out["visual.pos_embed"] = src[v + "positional_embedding"].unsqueeze(0)  # (1+L, D) -> (1, 1+L, D)
-    for part in ("weight", "bias"):
-        if f"{v}ln_pre.{part}" in src:
-            out[f"visual.norm_pre.{part}"] = src[f"{v}ln_pre.{part}"]
-        out[f"visual.norm.{part}"] = src[f"{v}ln_post.{part}"]
-    block_names = {
-        "ln_1": "norm1", "attn.in_proj": "attn.qkv", "attn.out_proj": "attn.proj",
-        "ln_2": "norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
-    }
-    for i in range(num_blocks):
-        for theirs, ours in block_names.items():
-            for part in ("weight", "bias"):
-                # nn.MultiheadAttention names its fused projection in_proj_weight / in_proj_bias;
-                # its rows are [q; k; v], each head-major, which is exactly our qkv layout.
-                sep = "_" if theirs == "attn.in_proj" else "."
-                out[f"visual.blocks.{i}.{ours}.{part}"] = src[f"{v}transformer.resblocks.{i}.{theirs}{sep}{part}"]
     out["image_proj.weight"] = src[v + "proj"].T.contiguous()  # (D, E) -> (E, D)
 
     # The text tower is open_clip's own class: only the prefix changes.
     text_prefix = "text." if _has_text_module(oc_model) else ""
-    text_keys = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
     for key, value in src.items():
-        if key.startswith(text_prefix) and key[len(text_prefix):].startswith(text_keys):
+        if key.startswith(text_prefix) and key[len(text_prefix):].startswith(TEXT_KEYS):
             out["text." + key[len(text_prefix):]] = value
     out["logit_scale"] = src["logit_scale"].reshape(())  # (1,) in some configs -> scalar
     return out
+
+
+# The text tower's tensors (open_clip's TextTransformer) by their leading names.
+TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+
+# Block sub-modules: open_clip's ResidualAttentionBlock name -> our (timm's) Block name.
+_BLOCK_NAMES = {
+    "ln_1": "norm1", "attn.in_proj": "attn.qkv", "attn.out_proj": "attn.proj",
+    "ln_2": "norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+}
+
+
+def vision_key_pairs(num_blocks: int) -> list[tuple[str, str]]:
+    """(open_clip name, DetailCLIP name) of every image-tower tensor that is renamed unchanged.
+
+    The tensors that change shape on the way (class and position embeddings, the output
+    projection) are not listed; ``conv1.bias`` and ``ln_pre`` are, though not every model has them.
+    """
+    pairs = [("visual.conv1.weight", "visual.patch_embed.proj.weight"),
+             ("visual.conv1.bias", "visual.patch_embed.proj.bias")]
+    for part in ("weight", "bias"):
+        pairs += [(f"visual.ln_pre.{part}", f"visual.norm_pre.{part}"), (f"visual.ln_post.{part}", f"visual.norm.{part}")]
+    for i in range(num_blocks):
+        for theirs, ours in _BLOCK_NAMES.items():
+            # nn.MultiheadAttention names its fused projection in_proj_weight / in_proj_bias;
+            # its rows are [q; k; v], each head-major, which is exactly our qkv layout.
+            sep = "_" if theirs == "attn.in_proj" else "."
+            pairs += [(f"visual.transformer.resblocks.{i}.{theirs}{sep}{part}", f"visual.blocks.{i}.{ours}.{part}")
+                      for part in ("weight", "bias")]
+    return pairs
 
 
 def open_clip_name(spec: str) -> str | None:

@@ -22,13 +22,26 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from detailclip_cli import __version__
 from detailclip_cli.core.config import ConfigError, ModelConfig, TrainConfig
+from detailclip_cli.core.distributed import (
+    BatchShard,
+    all_gather_rows,
+    any_across,
+    average_gradients,
+    barrier,
+    broadcast_state,
+    is_main_process,
+    join_process_group,
+    mean_across,
+    rank,
+    world_size,
+)
 from detailclip_cli.core.io import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -39,6 +52,7 @@ from detailclip_cli.core.io import (
     save_tensors,
     write_json,
 )
+from detailclip_cli.core.losses import deferred_center_updates
 from detailclip_cli.core.model import DetailCLIP
 from detailclip_cli.core.objective import DetailCLIPObjective
 from detailclip_cli.errors import WorkFailedError
@@ -60,10 +74,15 @@ class Interrupted(WorkFailedError):
 class Objective(Protocol):
     """What the loop trains: an ``nn.Module`` holding the student as ``model``.
 
-    ``objective(view1, view2, text, step=step, **views)`` returns a dict of named scalar losses
-    with ``"loss"`` their weighted total; ``text`` is None when the data has no captions, and
-    ``views`` are the batch's other tensors (e.g. ``local_views``). ``update_teacher(step)``
-    moves the teacher after the optimiser step and returns its momentum. Everything of the
+    ``objective(view1, view2, text, step=step, shard=shard, **views)`` returns a dict of named
+    scalar losses with ``"loss"`` their weighted total; ``text`` is None when the data has no
+    captions, ``views`` are the batch's other tensors (e.g. ``local_views``), and ``shard`` (a
+    :class:`BatchShard`, or None for a whole step in one batch) places the batch in its step's
+    global batch. An objective whose loss compares samples across the batch (CLIP's negatives)
+    has a method ``contrastive_features(view1, view2, text, step=, shard=) -> {name: (B, E)}``
+    (None otherwise), the no-grad features that gradient accumulation caches, and asks
+    ``shard.global_features`` for the global rows; its other losses are per-sample means.
+    ``update_teacher(step)`` moves the teacher after the optimiser step and returns its momentum. Everything of the
     objective but ``model`` (teacher, centres, bridges) is saved in the training state.
     Optionally, ``extra_metrics(step) -> dict[str, float]`` adds figures to each logged step.
     """
@@ -71,7 +90,7 @@ class Objective(Protocol):
     model: torch.nn.Module
 
     def __call__(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None, *,
-                 step: int, **views: torch.Tensor) -> dict[str, torch.Tensor]: ...
+                 step: int, shard: BatchShard | None = None, **views: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
     def update_teacher(self, step: int) -> float: ...
 
@@ -137,26 +156,39 @@ def epoch_order(num_samples: int, epoch: int, seed: int) -> list[int]:
     return torch.randperm(num_samples, generator=g).tolist()
 
 
-def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, pin_memory: bool = False) -> Iterator[dict]:
+def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, rank: int = 0, world_size: int = 1,
+                    pin_memory: bool = False) -> Iterator[dict]:
     """Endless batches from ``start_step`` on, identical to an uninterrupted run's.
+
+    Each step's global batch is the next ``cfg.batch_size`` samples of the epoch's order;
+    process ``rank`` of ``world_size`` gets its contiguous slice of it, so the data of a step
+    is the same whatever the number of processes.
 
     Args:
         dataset: a ``TwoViewDataset`` or subclass (with ``set_epoch``).
-        cfg: batch size, workers, seed.
+        cfg: batch size (global), workers, seed.
         start_step: the first step to produce a batch for (resume point).
+        rank: this process's slice, samples ``[rank * G / W, (rank + 1) * G / W)`` of a step.
+        world_size: W, the number of processes (dividing G = ``cfg.batch_size``).
     """
+    if hasattr(dataset, "batches"):  # a stream (tar shards) batches itself
+        yield from dataset.batches(cfg, start_step, rank=rank, world_size=world_size, pin_memory=pin_memory)
+        return
     from torch.utils.data import DataLoader
 
     from detailclip_cli.core.data import collate_skipping_bad
 
-    per_epoch = len(dataset) // cfg.batch_size
+    size = cfg.batch_size
+    per_epoch = len(dataset) // size
     check_batch_fits(len(dataset), cfg)
+    local = size // world_size
     step = start_step
     while True:
         epoch, offset = divmod(step, per_epoch)
         dataset.set_epoch(epoch)
-        order = epoch_order(len(dataset), epoch, cfg.seed)[offset * cfg.batch_size: per_epoch * cfg.batch_size]
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, drop_last=True,
+        order = epoch_order(len(dataset), epoch, cfg.seed)
+        mine = [i for b in range(offset, per_epoch) for i in order[b * size + rank * local: b * size + (rank + 1) * local]]
+        loader = DataLoader(dataset, batch_size=local, sampler=mine, drop_last=True,
                             num_workers=cfg.workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad)
         for batch in loader:
             yield batch
@@ -220,9 +252,12 @@ def save_checkpoint(out_dir: Path, objective: Objective, optimizer: torch.optim.
 
 
 def recover_checkpoint(out_dir: Path) -> None:
-    """Finish or discard a checkpoint that a crash interrupted (see :func:`save_checkpoint`)."""
+    """Finish or discard a checkpoint that a crash interrupted (see :func:`save_checkpoint`).
+
+    Only rank 0 touches the folder: under torchrun the others leave it alone.
+    """
     stage = Path(out_dir) / STAGE_DIR
-    if not stage.exists():
+    if not stage.exists() or not is_main_process():
         return
     if (stage / STAGE_COMPLETE).exists():
         _roll_forward(stage, Path(out_dir))
@@ -360,7 +395,8 @@ def train_augment(image_size: int, data: str | Path):
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
-          device: str = "auto", resume: bool = False, settings: dict[str, Any] | None = None) -> TrainingRun:
+          device: str = "auto", resume: bool = False, settings: dict[str, Any] | None = None,
+          init: DetailCLIP | None = None, lock_text: bool = False) -> TrainingRun:
     """Pretrain DetailCLIP: set the run up now, and return an iterator of its steps.
 
     The returned iterator yields a :class:`StepInfo` every ``cfg.log_every`` steps. Bad data,
@@ -374,25 +410,39 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
         device: ``auto``, ``cpu`` or ``cuda``.
         resume: continue the run in ``out_dir`` from its last checkpoint.
         settings: extra settings to record in ``run.json``.
+        init: a model whose towers, image projection and logit scale the student (and so the
+            teacher) starts from; ``model_cfg`` must have its towers (``init_model_config``).
+        lock_text: freeze the text tower (kept out of the optimiser, so it never changes).
 
     Raises:
         ConfigError, DataError: at the call, for unusable settings or data.
         TrainingError: while iterating, a loss became non-finite (the last good checkpoint is kept).
     """
     from detailclip_cli.core.data import TwoViewDataset, read_samples
+    from detailclip_cli.core.data.shards import ShardDataset, streams_shards
+    from detailclip_cli.core.init_weights import copy_clip_weights_, lock_text_
 
     model_cfg.validate()
     cfg.validate(model_cfg)
-    dev = resolve_device(device)
-    samples = read_samples(data, split="train")
-    check_batch_fits(len(samples), cfg)
+    dev = join_process_group(resolve_device(device))
+    shards = streams_shards(data, samples_per_epoch=cfg.samples_per_epoch)
+    samples = None if shards else read_samples(data, split="train")
+    if samples is not None:
+        check_batch_fits(len(samples), cfg)
 
     seed_everything(cfg.seed)
     model = DetailCLIP(model_cfg)
+    if init is not None:
+        copy_clip_weights_(model, init)  # before the objective copies the image tower into the teacher
+    if lock_text:
+        lock_text_(model)  # before the optimiser is built, which leaves frozen parameters out
     objective = DetailCLIPObjective(model, cfg).to(dev)
     v = model_cfg.vision
     dataset = TwoViewDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std,
                              aug=train_augment(v.image_size, data), tokenize=model.tokenize, seed=cfg.seed)
+    if shards:  # the views above make the items of the images the shards stream
+        dataset = ShardDataset(data, views=dataset, seed=cfg.seed, samples_per_epoch=cfg.samples_per_epoch)
+        check_batch_fits(len(dataset), cfg)
 
     def metrics(step: int) -> dict[str, float]:
         return {"logit_scale": model.scale().item(), "teacher_temp_patch": objective.teacher_temp_patch(step)}
@@ -419,24 +469,34 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
             defaults to the objective's ``extra_metrics`` when it has one.
     """
     out_dir = Path(out_dir)
+    world, main = world_size(), is_main_process()
+    if cfg.batch_size % (world * cfg.accum_steps):
+        raise ConfigError(f"the batch size {cfg.batch_size} (global, of all processes) does not split evenly "
+                          f"into {world} processes x {cfg.accum_steps} micro-batches")
     optimizer = build_optimizer(objective, cfg)
     report = dataset.data_report() if hasattr(dataset, "data_report") else None
     start = 0
     if resume:
+        # Every process reads the checkpoint (the run folder must be visible to all); only rank 0 writes.
+        if main:
+            recover_checkpoint(out_dir)
+        barrier()
         start = load_checkpoint(out_dir, objective, optimizer)
-        _truncate_metrics(out_dir / METRICS_FILE, start)
-    else:
+        if main:
+            _truncate_metrics(out_dir / METRICS_FILE, start)
+    elif main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
         write_json(out_dir / RUN_FILE, {
-            "data": str(data), "device": str(device), "detailclip_version": __version__,
+            "data": str(data), "device": str(device), "processes": world, "detailclip_version": __version__,
             "torch_version": torch.__version__, **(settings or {}),
             "model": objective.model.cfg.to_dict(), "train": cfg.to_dict(),
             **({"data_report": {**report.counts(), "examples": report.examples}} if report else {}),
         })
+    broadcast_state(objective)  # seeded alike already; this makes sure every process starts from rank 0's
     if cfg.compile:
         compile_blocks(objective)
-    batches = iterate_batches(dataset, cfg, start, pin_memory=device.type == "cuda")
+    batches = iterate_batches(dataset, cfg, start, rank=rank(), world_size=world, pin_memory=device.type == "cuda")
     metrics = metrics or getattr(objective, "extra_metrics", None)
     # Setup errors (data, config, resume) surface here, at the call; the steps run on iteration.
     stop = {"requested": False}
@@ -471,11 +531,61 @@ def compile_blocks(module: torch.nn.Module) -> int:
 _POSITIONAL_KEYS = ("view1", "view2", "text", "index")
 
 
+class _Tally(NamedTuple):
+    """A step's sample counts summed over the processes, and whether any process was asked to stop."""
+
+    min_good: int  # the fewest readable samples a process has
+    good: int
+    bad: int
+    stop: bool
+
+
+def _tally(good: int, bad: int, stop: bool, device: torch.device) -> _Tally:
+    """:class:`_Tally` of this process's counts; one small all-gather under torchrun, so every
+    process takes the same decisions (skip the step, stop for bad data, stop when asked)."""
+    if world_size() == 1:
+        return _Tally(good, good, bad, stop)
+    rows = all_gather_rows(torch.tensor([good, bad, int(stop)], device=device)).tolist()  # (W, 3)
+    return _Tally(min(r[0] for r in rows), sum(r[0] for r in rows), sum(r[1] for r in rows),
+                  any(r[2] for r in rows))
+
+
+def _micro_batches(batch: dict, accum: int, size: int, device: torch.device) -> list[dict]:
+    """The first ``accum * size`` rows of a batch as ``accum`` micro-batches of ``size`` rows, on ``device``."""
+    tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
+    return [{k: v[j * size:(j + 1) * size] for k, v in tensors.items()} for j in range(accum)]
+
+
+def _fill_bank(objective: Objective, micro_batches: list[dict], shards: list[BatchShard], step: int,
+               autocast: Callable) -> None:
+    """Give every shard the step's contrastive features of all rows (no gradient), (W, K, b, E) per name."""
+    with torch.no_grad(), autocast():
+        features = [objective.contrastive_features(mb["view1"], mb["view2"], mb.get("text"), step=step, shard=s)
+                    for mb, s in zip(micro_batches, shards)]
+    bank = {k: all_gather_rows(torch.stack([f[k] for f in features])) for k in features[0]}  # K x (b, E) -> (W, K, b, E)
+    for shard in shards:
+        shard.bank = bank
+
+
+def _save_from_main(out_dir: Path, objective: Objective, optimizer: torch.optim.Optimizer, step: int,
+                    device: torch.device) -> None:
+    """:func:`save_checkpoint` on rank 0; when it fails, every process stops (they all learn it)."""
+    error = None
+    if is_main_process():
+        try:
+            save_checkpoint(out_dir, objective, optimizer, step)
+        except TrainingError as exc:
+            error = exc
+    if any_across(error is not None, device):
+        raise error or TrainingError(f"rank 0 could not save the checkpoint of step {step}")
+
+
 def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
           cfg: TrainConfig, start: int, device: torch.device, out_dir: Path,
           metrics: Callable[[int], dict[str, float]] | None = None,
           stop: dict | None = None) -> Iterator[StepInfo]:
-    """The steps themselves: forward, finiteness check, backward, optimiser, EMA, checkpoint, log.
+    """The steps themselves: forward and backward of each micro-batch, finiteness check, gradient
+    average over the processes, optimiser, EMA, checkpoint, log (the last two on rank 0).
 
     ``stop["requested"]``, checked between steps, saves the last whole step and raises
     :class:`Interrupted` (a step is never cut in half, so the checkpoint is always consistent).
@@ -485,37 +595,63 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
     params = [p for group in optimizer.param_groups for p in group["params"]]
     amp_dtype = autocast_dtype(cfg.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    world, accum, main = world_size(), cfg.accum_steps, is_main_process()
+    banked = accum > 1 and getattr(objective, "contrastive_features", None) is not None
     objective.train()
     t_start = time.perf_counter()
     t_log, n_since_log = t_start, 0
-    seen, bad_count = 0, 0  # samples drawn / unreadable ones skipped
+    seen, bad_count = 0, 0  # samples drawn / unreadable ones skipped, over all processes
     for step in range(start, cfg.steps):
-        if stop["requested"]:
-            if step > start:
-                save_checkpoint(out_dir, objective, optimizer, step)
-            raise Interrupted(f"stopped at step {step}; the checkpoint is saved, continue with "
-                              f"`detailclip pretrain --resume {out_dir}` (or `distill --resume`)")
         batch = next(batches)
         unreadable = batch.pop("bad")
-        bad_count += len(unreadable)
-        seen += len(unreadable) + (len(batch["view1"]) if "view1" in batch else 0)
+        tally = _tally(len(batch["view1"]) if "view1" in batch else 0, len(unreadable), stop["requested"], dev)
+        if tally.stop:
+            if step > start:
+                _save_from_main(out_dir, objective, optimizer, step, dev)
+            raise Interrupted(f"stopped at step {step}; the checkpoint is saved, continue with "
+                              f"`detailclip pretrain --resume {out_dir}` (or `distill --resume`)")
+        bad_count += tally.bad
+        seen += tally.bad + tally.good
         # Judged against at least four batches, so a few broken files that happen to come
         # first do not stop a run whose data is mostly fine.
-        if unreadable and bad_count > cfg.max_bad_fraction * max(seen, 4 * cfg.batch_size):
+        if tally.bad and bad_count > cfg.max_bad_fraction * max(seen, 4 * cfg.batch_size):
             raise TrainingError(
                 f"{bad_count} of {seen} samples could not be read (more than max_bad_fraction "
-                f"{cfg.max_bad_fraction}), e.g. {unreadable[0]}"
+                f"{cfg.max_bad_fraction})" + (f", e.g. {unreadable[0]}" if unreadable else "")
             )
-        if "view1" not in batch or len(batch["view1"]) < 2:
+        # Micro-batches are equal everywhere (contrastive rows are gathered, means must weigh
+        # alike): after unreadable samples, each process keeps as many as the one with fewest.
+        size = tally.min_good // accum
+        if size == 0 or size * accum * world < 2:
             continue  # nothing (or one image: no contrastive pair) left to learn from this step
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        view1, view2 = (batch[k].to(dev, non_blocking=True) for k in ("view1", "view2"))
-        text = batch["text"].to(dev, non_blocking=True) if "text" in batch else None
-        views = {k: v.to(dev, non_blocking=True) for k, v in batch.items() if k not in _POSITIONAL_KEYS}
-        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            losses = objective(view1, view2, text, step=step, **views)
+        micro_batches = _micro_batches(batch, accum, size, dev)
+        shards: list[BatchShard | None] = [None]
+        if world * accum > 1:
+            first = rank() * (cfg.batch_size // world)
+            shards = [BatchShard(offset=first + j * size, global_size=cfg.batch_size, micro=j, accum=accum)
+                      for j in range(accum)]
+            if banked:
+                _fill_bank(objective, micro_batches, shards, step, autocast)
+
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        with deferred_center_updates(objective):  # centres move once per step, by the whole batch
+            for mb, shard in zip(micro_batches, shards):
+                views = {k: v for k, v in mb.items() if k not in _POSITIONAL_KEYS}
+                with autocast():
+                    out = objective(mb["view1"], mb["view2"], mb.get("text"), step=step, shard=shard, **views)
+                scaler.scale(out["loss"] / accum).backward()  # the scaler is the identity unless fp16
+                for k, val in out.items():
+                    sums[k] = sums.get(k, 0) + val.detach().float() / accum
+        names = list(sums)
+        losses = dict(zip(names, mean_across(torch.stack([sums[k] for k in names]))))
         bad = [k for k, val in losses.items() if k != "loss" and not torch.isfinite(val)]
         if bad or not torch.isfinite(losses["loss"]):
             term = bad[0] if bad else "loss"
@@ -523,15 +659,14 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
                 f"the {term} loss became {losses[term].item()} at step {step + 1}; "
                 f"stopped, the last good checkpoint in {out_dir} is kept"
             )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()  # the identity unless fp16
+        average_gradients(params)
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
         scaler.update()
         momentum = objective.update_teacher(step)
-        n_since_log += view1.shape[0]
+        n_since_log += size * accum * world
 
         done = step + 1
         saved = done % cfg.save_every == 0 or done == cfg.steps
@@ -547,9 +682,10 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
             t_log, n_since_log = now, 0
             # Logged before the checkpoint: a crash in between leaves a line past the checkpoint,
             # which a resume drops and logs again, never a checkpoint whose line is missing.
-            _append_metrics(out_dir / METRICS_FILE, info)
+            if main:
+                _append_metrics(out_dir / METRICS_FILE, info)
         if saved:
-            save_checkpoint(out_dir, objective, optimizer, done)
+            _save_from_main(out_dir, objective, optimizer, done, dev)
         if info is not None:
             yield info
 

@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from detailclip_cli.core.config import VisionConfig
 
@@ -157,7 +158,12 @@ class VisionTransformer(nn.Module):
             Block(cfg.width, cfg.heads, cfg.mlp_ratio, eps=cfg.norm_eps, act=cfg.act) for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.grad_checkpointing = False
         self._init_weights()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of keeping them (timm's name)."""
+        self.grad_checkpointing = enable
 
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -224,8 +230,12 @@ class VisionTransformer(nn.Module):
         # Per-token norm: applying it to the kept subset equals applying it to the full sequence.
         x = self.norm_pre(torch.cat([cls, patches], dim=1))  # (B, 1 + K, D)
         attns = []
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.blocks:
-            x, a = blk(x, return_cls_attn)
+            if checkpointed:
+                x, a = checkpoint(blk, x, return_cls_attn, use_reentrant=False)
+            else:
+                x, a = blk(x, return_cls_attn)
             if return_cls_attn:
                 attns.append(a)
         return self.norm(x), attns

@@ -16,6 +16,7 @@ from detailclip_cli.core.data.readers import (
     SampleList,
     class_names,
     clean_caption,
+    decode_image,
     image_files,
     is_image_file,
     load_image,
@@ -23,6 +24,7 @@ from detailclip_cli.core.data.readers import (
     read_samples,
     walk_files,
 )
+from detailclip_cli.core.data.shards import ShardDataset, is_shard_spec, write_shards
 from detailclip_cli.core.data.transforms import (
     AugmentConfig,
     make_eval_geometry,
@@ -40,15 +42,18 @@ __all__ = [
     "ReadReport",
     "Sample",
     "SampleList",
+    "ShardDataset",
     "TwoViewDataset",
     "class_names",
     "clean_caption",
     "collate_skipping_bad",
+    "decode_image",
     "default_cache_dir",
     "demo_root",
     "generate_demo",
     "image_files",
     "is_image_file",
+    "is_shard_spec",
     "item_seed",
     "load_image",
     "load_mask",
@@ -59,4 +64,5 @@ __all__ = [
     "read_samples",
     "truncated_captions",
     "walk_files",
+    "write_shards",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
@@ -75,7 +76,8 @@ class TwoViewDataset(Dataset):
     epoch they see is frozen and the views repeat.
 
     Args:
-        samples: the examples.
+        samples: the examples; None for an instance that only makes the items of images given
+            to :meth:`make_item` (a stream of tar shards reads its own images).
         image_size: side of the square views.
         mean: per-channel normalisation mean.
         std: per-channel normalisation std.
@@ -90,7 +92,7 @@ class TwoViewDataset(Dataset):
 
     def __init__(
         self,
-        samples: Sequence[Sample],
+        samples: Sequence[Sample] | None,
         *,
         image_size: int,
         mean: Sequence[float],
@@ -100,8 +102,9 @@ class TwoViewDataset(Dataset):
         seed: int,
         report: ReadReport | None = None,
     ) -> None:
-        if not samples:
+        if samples is not None and not samples:
             raise DataError("no samples to train on")
+        samples = samples if samples is not None else []
         if report is None:
             report = getattr(samples, "report", None)
         self.samples = list(samples)
@@ -154,6 +157,10 @@ class TwoViewDataset(Dataset):
             image = load_image(sample.image)
         except DataError as exc:
             return {"bad": str(exc)}
+        return self.make_item(image, i, sample.caption)
+
+    def make_item(self, image: Image.Image, i: int, caption: str) -> dict[str, torch.Tensor]:
+        """The item of a loaded RGB ``image`` as item ``i`` of the current epoch (see ``__getitem__``)."""
         # fork_rng restores the global CPU generator on exit; devices=[] keeps it off CUDA.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.seed, self.epoch, i))
@@ -161,7 +168,7 @@ class TwoViewDataset(Dataset):
             view2 = self.view2(image)
         item = {"view1": view1, "view2": view2, "index": torch.tensor(i, dtype=torch.long)}
         if self.tokenize is not None:
-            item["text"] = self.tokenize([sample.caption])[0].long()  # (1, context) -> (context,)
+            item["text"] = self.tokenize([caption])[0].long()  # (1, context) -> (context,)
         return item
 
 

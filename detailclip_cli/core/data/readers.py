@@ -24,13 +24,14 @@ real folder once, so a link loop ends the walk instead of hanging it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
 import stat
 import unicodedata
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -237,10 +238,29 @@ def load_image(path: str | Path) -> Image.Image:
         raise DataError(f"image file not found: {shown}")
     if problem:
         raise DataError(f"cannot read image {shown}: {problem}")
+    return _decode_image(path, shown, empty=lambda: _is_empty(path))
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """:func:`load_image` for an image held in memory (a member of a tar shard).
+
+    Args:
+        data: the encoded image (JPEG, PNG, WebP ...), decoded with the same limits and
+            conversions as a file.
+        name: what messages call it, e.g. ``shard.tar:key.jpg``.
+
+    Raises:
+        DataError: the bytes are too large an image or cannot be decoded (one line naming ``name``).
+    """
+    return _decode_image(io.BytesIO(data), printable(name), empty=lambda: not data)
+
+
+def _decode_image(source, shown: str, *, empty: Callable[[], bool]) -> Image.Image:
+    """Decode an image file or file object as :func:`load_image` describes; ``shown`` names it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 im = _to_rgb(im)
@@ -252,7 +272,7 @@ def load_image(path: str | Path) -> Image.Image:
             "(PIL.Image.MAX_IMAGE_PIXELS), refused as a possible decompression bomb"
         ) from None
     except UnidentifiedImageError:
-        what = "an empty file" if _is_empty(path) else "not an image format Pillow can decode"
+        what = "an empty file" if empty() else "not an image format Pillow can decode"
         raise DataError(f"cannot read image {shown}: {what}") from None
     except OSError as e:
         raise DataError(f"cannot read image {shown}: {_one_line(e.strerror or e)}") from None
