@@ -27,6 +27,16 @@ def test_evaluate_json_record(demo_cache, run_dir, tmp_path):
     assert 0.0 <= m["probe"]["knn_top1"] <= 1.0
 
 
+def test_evaluate_the_shipped_model(demo_cache):
+    """No --model: the shipped model, whose zero-shot figure agrees with `zero-shot --eval demo`."""
+    result = runner.invoke(app, ["evaluate", "--data", "demo", "--task", "zeroshot", "--format", "json",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["model"].endswith("detailclip-tiny")
+    assert record["metrics"]["zeroshot"]["top1"] > 0.6  # 0.906 measured, chance 0.125
+
+
 def test_evaluate_table_single_task(demo_cache, run_dir):
     result = runner.invoke(app, ["evaluate", "--model", str(run_dir), "--task", "retrieval", "--device", "cpu"])
     assert result.exit_code == 0, result.output

@@ -309,3 +309,40 @@ def test_distill_bad_values_give_one_line_and_exit_2(demo_cache, tmp_path, args,
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+
+# Measured here with this recipe: 30.8 % top-1 after 100 steps, 62.4 % after 200, 78.4 % after 400.
+STUDENT_STEPS = 200
+STUDENT_MIN_TOP1 = 0.3
+
+
+def test_a_student_distilled_from_the_shipped_model_reads_the_demo_colours(demo_cache, tmp_path):
+    """A student with a fraction of the teacher's image tower and 32 px views, distilled for a
+    few steps from the shipped model, classifies the demo validation split zero-shot through
+    the teacher's text tower far above chance (1/8; the majority class is 17.6 %)."""
+    from detailclip_cli.core.inference import (
+        eval_samples,
+        evaluate_zero_shot,
+        resolve_model,
+        resolve_templates,
+        shipped_model_dir,
+    )
+
+    model_cfg, train_cfg = load_preset("tiny")
+    model_cfg.vision.image_size, model_cfg.vision.width, model_cfg.vision.depth = 32, 96, 2
+    train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "steps": STUDENT_STEPS, "batch_size": 32,
+                                       "lr": 2e-3, "warmup_steps": 5, "log_every": STUDENT_STEPS,
+                                       "save_every": STUDENT_STEPS})
+    list(distill(model_cfg, train_cfg, data="demo", out_dir=tmp_path, device="cpu",
+                 teacher=str(shipped_model_dir())))
+    student, teacher = resolve_model(str(tmp_path)), resolve_model(None)
+
+    def tower_params(model) -> int:
+        return sum(p.numel() for p in model.visual.parameters())
+
+    assert tower_params(student) * 5 < tower_params(teacher)
+    samples, classes = eval_samples("demo")
+    report = evaluate_zero_shot(student, samples, classes, resolve_templates("demo"))
+    assert report.num_images == 500
+    assert report.top1 > STUDENT_MIN_TOP1, report.top1
