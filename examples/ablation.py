@@ -46,7 +46,6 @@ METRICS = [("dense mIoU", "dense", "mIoU"), ("zero-shot top-1", "zeroshot", "top
 
 def run_arm(arm: str, seed: int, *, steps: int, batch_size: int, work: Path) -> dict:
     from detailclip_cli.core.config import TrainConfig, load_preset
-    from detailclip_cli.core.evaluate import run_evaluation
     from detailclip_cli.core.io import load_model
     from detailclip_cli.core.train import train
 
@@ -67,24 +66,27 @@ def run_arm(arm: str, seed: int, *, steps: int, batch_size: int, work: Path) -> 
     for _ in train(model_cfg, train_cfg, data="demo", out_dir=out, device="cpu"):
         pass
     per_step = (time.perf_counter() - t0) / steps
-    model = load_model(out)
-    metrics = run_evaluation(model, "demo", tasks=("zeroshot", "retrieval", "dense"), probe_epochs=10,
-                             max_train=1000, seed=seed)
+    metrics = evaluate(load_model(out), seed)
     return {"arm": arm, "seed": seed, "steps": steps, "batch_size": batch_size,
             **metrics, "time": {"per_step": per_step}}
+
+
+def evaluate(model, seed: int) -> dict:
+    """Every arm's metrics on the demo validation split (the probes on at most 1,000 training images)."""
+    from detailclip_cli.core.evaluate import run_evaluation
+
+    return run_evaluation(model, "demo", tasks=("zeroshot", "retrieval", "dense"), probe_epochs=10,
+                          max_train=1000, seed=seed)
 
 
 def untrained_reference(seed: int, *, steps: int, batch_size: int) -> dict:
     """The tiny preset's DetailCLIP at its seeded initialisation, evaluated like the arms."""
     from detailclip_cli.core.config import load_preset
-    from detailclip_cli.core.evaluate import run_evaluation
     from detailclip_cli.core.model import DetailCLIP
     from detailclip_cli.core.train import seed_everything
 
     seed_everything(seed)
-    model = DetailCLIP(load_preset("tiny")[0]).eval()
-    metrics = run_evaluation(model, "demo", tasks=("zeroshot", "retrieval", "dense"), probe_epochs=10,
-                             max_train=1000, seed=seed)
+    metrics = evaluate(DetailCLIP(load_preset("tiny")[0]).eval(), seed)
     return {"arm": UNTRAINED, "seed": seed, "steps": steps, "batch_size": batch_size,
             **metrics, "time": {"per_step": 0.0}}
 
