@@ -389,7 +389,7 @@ def train_augment(image_size: int, data: str | Path):
 
     aug = AugmentConfig.for_image_size(image_size)
     if str(data) == "demo":
-        # Demo captions say "left"/"right" and digits are chiral: a mirrored view would lie.
+        # Digits are chiral: a mirrored demo view would not show the digit its caption names.
         aug = dataclasses.replace(aug, hflip=0.0)
     return aug
 
