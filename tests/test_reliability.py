@@ -117,7 +117,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(demo_cache, tmp_p
     assert "\n" not in str(info.value)
     assert not (out / train_mod.STAGE_DIR).exists()
     assert json.loads((out / "train_state.json").read_text())["step"] == 1
-    assert train_mod._step_tag(out / MODEL_FILE) == "1"
+    assert train_mod.step_tag(out / MODEL_FILE) == "1"
     monkeypatch.setattr(train_mod, "save_tensors", real)
     # The previous checkpoint loads and the run resumes from it.
     steps = [i.step for i in train_mod.train(model_cfg, train_cfg, out_dir=out, device="cpu", resume=True)]

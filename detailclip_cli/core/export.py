@@ -138,7 +138,7 @@ def load_teacher(spec: str | None):
     from detailclip_cli.core.inference import model_folder, shipped_model_dir
     from detailclip_cli.core.io import MODEL_FILE, load_model
     from detailclip_cli.core.openclip import open_clip_name
-    from detailclip_cli.core.train import STATE_FILE, _step_tag  # the step a checkpoint file was saved at
+    from detailclip_cli.core.train import STATE_FILE, step_tag
 
     if spec is not None and open_clip_name(spec) is not None:
         raise ExportError("--weights teacher needs a run folder; an open_clip model has no teacher")
@@ -154,7 +154,7 @@ def load_teacher(spec: str | None):
     if any(k.startswith("image_proj.") for k in teacher):
         raise ExportError(f"the teacher of the run in {folder} is a frozen model of its own (distill --teacher); "
                           "export that model instead")
-    steps = {_step_tag(folder / name) for name in (MODEL_FILE, STATE_FILE)}
+    steps = {step_tag(folder / name) for name in (MODEL_FILE, STATE_FILE)}
     if len(steps) > 1:
         raise ExportError(f"the checkpoint files in {folder} are from different steps (an interrupted save, "
                           "which resuming the run finishes)")

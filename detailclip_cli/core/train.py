@@ -299,7 +299,7 @@ def load_checkpoint(out_dir: Path, objective: Objective, optimizer: torch.optim.
             raise ConfigError(f"cannot resume: {out_dir / name} is missing")
     meta = json.loads((out_dir / STATE_JSON).read_text())
     # A crash between the writes of one checkpoint could leave files of two different steps.
-    steps = {name: _step_tag(out_dir / name) for name in (MODEL_FILE, STATE_FILE)}
+    steps = {name: step_tag(out_dir / name) for name in (MODEL_FILE, STATE_FILE)}
     if len({*steps.values(), str(meta["step"])}) != 1:
         raise ConfigError(f"cannot resume: the checkpoint files in {out_dir} are from different steps "
                           f"({', '.join(f'{k}: {v}' for k, v in steps.items())}, {STATE_JSON}: {meta['step']})")
@@ -324,7 +324,7 @@ def load_checkpoint(out_dir: Path, objective: Objective, optimizer: torch.optim.
     return int(meta["step"])
 
 
-def _step_tag(path: Path) -> str | None:
+def step_tag(path: Path) -> str | None:
     """The ``step`` a checkpoint file was written at (safetensors header metadata)."""
     from safetensors import safe_open
 

@@ -23,6 +23,7 @@ real folder once, so a link loop ends the walk instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -31,7 +32,7 @@ import re
 import stat
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -255,15 +256,22 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     return _decode_image(io.BytesIO(data), printable(name), empty=lambda: not data)
 
 
+@contextlib.contextmanager
+def _opened(source) -> Iterator[Image.Image]:
+    """``Image.open`` and ``load``, with Pillow's decompression-bomb *warning* raised as an error
+    too (the zone between 1x and 2x ``MAX_IMAGE_PIXELS`` that Pillow would decode)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(source) as im:
+            im.load()
+            yield im
+
+
 def _decode_image(source, shown: str, *, empty: Callable[[], bool]) -> Image.Image:
     """Decode an image file or file object as :func:`load_image` describes; ``shown`` names it."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                im = _to_rgb(im)
+        with _opened(source) as im:
+            im = _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise DataError(f"image file not found: {shown}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -336,11 +344,8 @@ def load_mask(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                array = np.asarray(im)
+        with _opened(path) as im:
+            array = np.asarray(im)
     except Exception as e:  # as in load_image: any decoder error becomes one line naming the file
         raise DataError(f"cannot read mask {printable(path)}: {_one_line(e) or type(e).__name__}") from None
     if array.ndim != 2:
