@@ -17,3 +17,11 @@ class WorkFailedError(DetailclipError):
     """The work itself failed (exit code 1)."""
 
     exit_code = 1
+
+
+class TrainingError(WorkFailedError):
+    """The run cannot go on (e.g. a non-finite loss); the message is one line for people."""
+
+
+class Interrupted(WorkFailedError):
+    """The run was asked to stop (Ctrl-C, SIGTERM); a checkpoint of the last whole step was saved."""

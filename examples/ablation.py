@@ -46,8 +46,8 @@ METRICS = [("dense mIoU", "dense", "mIoU"), ("zero-shot top-1", "zeroshot", "top
 
 def run_arm(arm: str, seed: int, *, steps: int, batch_size: int, work: Path) -> dict:
     from detailclip_cli.core.config import TrainConfig, load_preset
-    from detailclip_cli.core.io import load_model
-    from detailclip_cli.core.train import train
+    from detailclip_cli.core.store.io import load_model
+    from detailclip_cli.core.training.pretrain import train
 
     if arm == UNTRAINED:
         return untrained_reference(seed, steps=steps, batch_size=batch_size)
@@ -73,7 +73,7 @@ def run_arm(arm: str, seed: int, *, steps: int, batch_size: int, work: Path) -> 
 
 def evaluate(model, seed: int) -> dict:
     """Every arm's metrics on the demo validation split (the probes on at most 1,000 training images)."""
-    from detailclip_cli.core.evaluate import run_evaluation
+    from detailclip_cli.core.use.evaluate import run_evaluation
 
     return run_evaluation(model, "demo", tasks=("zeroshot", "retrieval", "dense"), probe_epochs=10,
                           max_train=1000, seed=seed)
@@ -82,8 +82,8 @@ def evaluate(model, seed: int) -> dict:
 def untrained_reference(seed: int, *, steps: int, batch_size: int) -> dict:
     """The tiny preset's DetailCLIP at its seeded initialisation, evaluated like the arms."""
     from detailclip_cli.core.config import load_preset
-    from detailclip_cli.core.model import DetailCLIP
-    from detailclip_cli.core.train import seed_everything
+    from detailclip_cli.core.model.detailclip import DetailCLIP
+    from detailclip_cli.core.device import seed_everything
 
     seed_everything(seed)
     metrics = evaluate(DetailCLIP(load_preset("tiny")[0]).eval(), seed)

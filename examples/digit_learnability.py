@@ -31,7 +31,7 @@ from torch import nn
 from detailclip_cli.core.config import VisionConfig
 from detailclip_cli.core.data import AugmentConfig, demo_root, generate_demo, read_samples
 from detailclip_cli.core.data.dataset import EvalDataset, TwoViewDataset
-from detailclip_cli.core.vit import VisionTransformer
+from detailclip_cli.core.model.vit import VisionTransformer
 
 MEAN, STD = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from detailclip_cli.core.io import load_model, save_model
+from detailclip_cli.core.store.io import load_model, save_model
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ def demo_cache(tmp_path_factory):
 def run_dir(demo_cache, tmp_path_factory):
     """A 4-step pretraining run of the tiny preset, shrunk (depth 2, batch 8)."""
     from detailclip_cli.core.config import TrainConfig, load_preset
-    from detailclip_cli.core.train import train
+    from detailclip_cli.core.training.pretrain import train
 
     model_cfg, train_cfg = load_preset("tiny")
     model_cfg.vision.depth = 2

@@ -73,7 +73,7 @@ def epoch_samples(data: str, *, samples_per_epoch: int | None = None, images_onl
     if streams_shards(data, samples_per_epoch=samples_per_epoch or 0):
         return shard_samples(data, samples_per_epoch=samples_per_epoch or 0)
     if images_only:
-        from detailclip_cli.core.distill import image_samples
+        from detailclip_cli.core.data.multicrop import image_samples
 
         return len(image_samples(data, split="train"))
     return len(read_samples(data, split="train"))
@@ -98,7 +98,7 @@ def resume_configs(resume: Path, given: dict[str, Any], *, other_options: bool):
         (model config, training config, the settings recorded in ``run.json``).
     """
     from detailclip_cli.core import config as C
-    from detailclip_cli.core.train import read_run_settings
+    from detailclip_cli.core.store.run import read_run_settings
 
     if set(given) - RESUME_OVERRIDES or other_options:
         raise C.ConfigError("--resume continues a run with its own settings; only --steps, --workers, "
@@ -156,7 +156,7 @@ def drive(steps: Iterable, *, console, total: int, out_dir: Path, show: tuple[st
     """
     import warnings
 
-    from detailclip_cli.core.collapse import CollapseWarning
+    from detailclip_cli.core.method.collapse import CollapseWarning
 
     report = getattr(steps, "data_report", None)
     if report is not None and report.summary():

@@ -100,8 +100,8 @@ def _escape(c: str) -> str:
 
 def load_model(spec: str | None, pretrained: str | None, device: str, console):
     """Resolve the model and say on stderr which one it is."""
-    from detailclip_cli.core.inference import resolve_model
-    from detailclip_cli.core.train import resolve_device
+    from detailclip_cli.core.store.lookup import resolve_model
+    from detailclip_cli.core.device import resolve_device
 
     model = resolve_model(spec, pretrained=pretrained, device=resolve_device(device))
     v = model.cfg.vision
@@ -158,7 +158,7 @@ class ImageFeed:
         self.failed = 0
 
     def __iter__(self) -> Iterator:
-        from detailclip_cli.core.inference import iter_image_batches
+        from detailclip_cli.core.use.batching import iter_image_batches
 
         v = self.model.cfg.vision
         device = self.model.logit_scale.device
@@ -191,7 +191,8 @@ def unique_name(path: Path, suffix: str, used: set[str]) -> str:
 
 def run_defaults(spec: str | None, model, *, layer: str | None, block_size: int | None) -> tuple[Any, int]:
     """The score layer and block size to use: given values, else the run's, else mean / 2-or-1."""
-    from detailclip_cli.core.inference import check_layer, default_block_size, run_train_settings
+    from detailclip_cli.core.use.probes import check_layer, default_block_size
+    from detailclip_cli.core.store.lookup import run_train_settings
 
     settings = run_train_settings(spec) or {}
     if layer is None:

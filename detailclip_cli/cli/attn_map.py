@@ -69,7 +69,8 @@ def attn_map(
         finish(failed)
         return
 
-    from detailclip_cli.core.inference import attention_maps, check_removal, to_pixels
+    from detailclip_cli.core.use.probes import attention_maps, check_removal
+    from detailclip_cli.core.use.batching import to_pixels
 
     net = load_model(model, pretrained, device, console)
     layer, block_size = run_defaults(model, net, layer=layer, block_size=block_size)

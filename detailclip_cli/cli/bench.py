@@ -41,7 +41,7 @@ def bench(
 
       detailclip bench --preset tiny --sections train,keep,flops --format json
     """
-    from detailclip_cli.core.bench import BenchConfig, parse_sections, run_bench
+    from detailclip_cli.tools.bench import BenchConfig, parse_sections, run_bench
 
     console = err_console()
     cfg = BenchConfig(preset=preset, batch_size=batch_size, device=device, repeats=repeats, warmup=warmup,

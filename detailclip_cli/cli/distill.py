@@ -118,7 +118,7 @@ def distill(
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, teacher: str | None,
         pretrained: str | None, local_crops: int, local_size: int | None, settings: dict) -> None:
     """Set the distillation up in the core, say what it does, and draw its progress on stderr."""
-    from detailclip_cli.core.distill import distill as core_distill
+    from detailclip_cli.core.training.distill import distill as core_distill
 
     console = opts.err_console()
     steps = core_distill(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, teacher=teacher,

@@ -42,8 +42,8 @@ def evaluate(
 
       detailclip evaluate --model runs/demo --data ./my_set --task dense --format json
     """
-    from detailclip_cli.core.evaluate import TASKS, run_evaluation
-    from detailclip_cli.core.inference import resolve_templates
+    from detailclip_cli.core.use.evaluate import TASKS, run_evaluation
+    from detailclip_cli.core.use.templates import resolve_templates
 
     console = err_console()
     tasks = TASKS if Task.all in task else tuple(dict.fromkeys(t.value for t in task))

@@ -51,7 +51,7 @@ def export(
       detailclip export runs/demo --to timm --weights teacher --out exports/demo-timm
     """
     from detailclip_cli.cli._common import err_console
-    from detailclip_cli.core.export import export_model
+    from detailclip_cli.core.store.export import export_model
 
     console = err_console()
     done = export_model(model, to=to.value, out=out, weights=weights.value, pretrained=pretrained, force=force)

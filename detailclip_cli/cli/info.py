@@ -25,7 +25,7 @@ def info(
 
       detailclip info open_clip:ViT-B-32 --pretrained ./vit-b-32.pt --format json
     """
-    from detailclip_cli.core.info import model_info
+    from detailclip_cli.core.store.info import model_info
 
     record = model_info(model, pretrained=pretrained)
     if fmt is TableOrJson.json:

@@ -82,7 +82,7 @@ def pretrain(
         out_dir = out or opts.default_run_dir("pretrain")
         init_model = None
         if init is not None:
-            from detailclip_cli.core.init_weights import load_init
+            from detailclip_cli.core.store.init_weights import load_init
 
             model_cfg, init_model = load_init(init, pretrained, model_cfg)
         elif pretrained is not None:
@@ -103,8 +103,8 @@ def report_dry_run(model_cfg, train_cfg, device: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from detailclip_cli.core.bench import dry_run_in_subprocess
-    from detailclip_cli.core.train import resolve_device
+    from detailclip_cli.tools.bench import dry_run_in_subprocess
+    from detailclip_cli.core.device import resolve_device
 
     console = opts.err_console()
     console.print("dry run: one step on random inputs in a fresh process ...", markup=False)
@@ -124,7 +124,7 @@ def report_dry_run(model_cfg, train_cfg, device: str) -> None:
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, settings: dict,
         init=None, lock_text: bool = False) -> None:
     """Drive the core training loop and draw its progress on stderr."""
-    from detailclip_cli.core.train import train
+    from detailclip_cli.core.training.pretrain import train
 
     console = opts.err_console()
     steps = train(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, resume=resume, settings=settings,

@@ -66,13 +66,14 @@ def reconstruct(
     """
     import torch
 
-    from detailclip_cli.core import inference
+    from detailclip_cli.core.store.lookup import has_decoder, run_train_settings
+    from detailclip_cli.core.use.probes import NoDecoderError, check_removal, reconstruct as reconstruct_images
     from detailclip_cli.plots import RECONSTRUCTION_CAPTION, reconstruction_figure
 
     console = err_console()
     # Before reading any image: a model without a decoder fails fast, from its config alone.
-    if not inference.has_decoder(model):
-        raise inference.NoDecoderError(f"{model or 'the shipped model'} has no pixel decoder (trained with "
+    if not has_decoder(model):
+        raise NoDecoderError(f"{model or 'the shipped model'} has no pixel decoder (trained with "
                                        "--no-reconstruct, or an open_clip model), so it cannot reconstruct")
     paths, failed = gather_images(images, console)
     if not paths:
@@ -81,8 +82,8 @@ def reconstruct(
 
     net = load_model(model, pretrained, device, console)
     layer, block_size = run_defaults(model, net, layer=layer, block_size=block_size)
-    inference.check_removal(net, keep_ratio, block_size)
-    settings = inference.run_train_settings(model) or {}
+    check_removal(net, keep_ratio, block_size)
+    settings = run_train_settings(model) or {}
     norm_pix = bool(settings.get("norm_pix_loss", True))
     caption = RECONSTRUCTION_CAPTION if norm_pix else "The decoder predicts pixels directly (no per-patch norm)."
     seed = 0 if seed is None else seed
@@ -92,7 +93,7 @@ def reconstruct(
     out.mkdir(parents=True, exist_ok=True)
     feed = ImageFeed(net, paths, batch_size=batch_size, console=console, description="reconstruct")
     for batch in feed:
-        rec = inference.reconstruct(net, batch.images, strategy=strategy.value, keep_ratio=keep_ratio,
+        rec = reconstruct_images(net, batch.images, strategy=strategy.value, keep_ratio=keep_ratio,
                                     block_size=block_size, layer=layer, generator=generator, norm_pix=norm_pix)
         for i, path in enumerate(batch.paths):
             mse, psnr = float(rec.mse[i]), float(rec.psnr[i])

@@ -73,7 +73,8 @@ def zero_shot(
                  output=output, out=out, batch_size=batch_size, device=device, console=console)
         return
 
-    from detailclip_cli.core.inference import build_classifier, classify, resolve_templates
+    from detailclip_cli.core.use.zeroshot import build_classifier, classify
+    from detailclip_cli.core.use.templates import resolve_templates
 
     label_list = read_labels(labels, labels_file)
     template_list = resolve_templates(templates)
@@ -102,7 +103,7 @@ def zero_shot(
 
 
 def read_labels(labels: str | None, labels_file: Path | None) -> list[str]:
-    from detailclip_cli.core.inference import parse_labels
+    from detailclip_cli.core.use.templates import parse_labels
 
     if labels is None and labels_file is None:
         raise UsageError("give --labels \"a,b,c\" or --labels-file FILE (or --eval DATA)")
@@ -142,7 +143,8 @@ def emit(records: list[dict], fmt: ResultFormat, output: Path | None) -> None:
 
 def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch_size, device, console) -> None:
     """``--eval``: zero-shot metrics on a labelled set and a confusion-matrix picture."""
-    from detailclip_cli.core.inference import eval_samples, evaluate_zero_shot, resolve_templates
+    from detailclip_cli.core.use.zeroshot import eval_samples, evaluate_zero_shot
+    from detailclip_cli.core.use.templates import resolve_templates
 
     samples, classes = eval_samples(data)
     template_list = resolve_templates(templates, data=data)

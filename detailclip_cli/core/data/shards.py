@@ -727,7 +727,7 @@ def write_shards(samples: Sequence[Sample], out_dir: Path, *, samples_per_shard:
     Raises:
         DataError: ``out_dir`` is not empty (without ``force``), or ``samples_per_shard`` < 1.
     """
-    from detailclip_cli.core.io import atomic_write, write_json
+    from detailclip_cli.core.store.io import atomic_write, write_json
 
     if samples_per_shard < 1:
         raise DataError(f"--samples-per-shard must be at least 1, got {samples_per_shard}")

@@ -1,0 +1,122 @@
+"""The distillation recipe: a student image tower trained from a teacher (or itself), from images alone."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detailclip_cli.core.config import ConfigError, ModelConfig, TrainConfig
+from detailclip_cli.core.data.shards import ShardDataset, streams_shards
+from detailclip_cli.core.device import resolve_device, seed_everything
+from detailclip_cli.core.distributed import join_process_group
+from detailclip_cli.core.model.detailclip import DetailCLIP
+from detailclip_cli.core.store.run import RUN_FILE
+from detailclip_cli.core.training.loop import TrainingRun, fit
+from detailclip_cli.core.training.loop import check_batch_fits
+from detailclip_cli.core.training.pretrain import train_augment
+from detailclip_cli.core.data.multicrop import MultiCropDataset, image_samples, local_crop_size
+from detailclip_cli.core.method.distill import FrozenTeacherObjective, SelfDistillObjective
+
+
+def student_config_for(student: ModelConfig, teacher: ModelConfig) -> ModelConfig:
+    """The student's config with the teacher's text tower and embedding width (it inherits them)."""
+    return dataclasses.replace(student, text=dataclasses.replace(teacher.text), embed_dim=teacher.embed_dim,
+                               max_logit_scale=teacher.max_logit_scale)
+
+
+@torch.no_grad()
+def adopt_text_tower(student: DetailCLIP, teacher: DetailCLIP) -> None:
+    """Copy the teacher's text tower (with its projection) and logit scale into the student."""
+    student.text.load_state_dict(teacher.text.state_dict())
+    student.logit_scale.copy_(teacher.logit_scale)
+
+
+def load_teacher(spec: str, *, pretrained: str | None = None, out_dir: Path | None = None,
+                 resume: bool = False) -> DetailCLIP:
+    """The frozen teacher: resolved from ``spec``, or, when resuming, rebuilt from the run's record.
+
+    A resumed run restores the teacher's weights from its training state, so it needs neither
+    the original model nor a download; only the architecture comes from ``run.json``.
+    """
+    if not resume:
+        from detailclip_cli.core.store.lookup import resolve_model
+
+        return resolve_model(spec, pretrained=pretrained)
+    import json
+
+    recorded = json.loads((Path(out_dir) / RUN_FILE).read_text()).get("teacher_model")
+    if recorded is None:
+        raise ConfigError(f"cannot resume: {Path(out_dir) / RUN_FILE} does not record the teacher's config")
+    return DetailCLIP(ModelConfig.from_dict(recorded)).eval()
+
+
+def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
+            device: str = "auto", teacher: str | None = None, pretrained: str | None = None,
+            local_crops: int = 0, local_size: int | None = None, resume: bool = False,
+            settings: dict[str, Any] | None = None) -> TrainingRun:
+    """Distil a student image tower: set the run up now, and return an iterator of its steps.
+
+    Without ``teacher``: self-distillation (:class:`SelfDistillObjective`). With one: the
+    student learns from it, frozen (:class:`FrozenTeacherObjective`), and inherits its text
+    tower. The run folder has ``pretrain``'s layout; the student is ``model.safetensors``.
+
+    Args:
+        student_cfg: the student's model (with a teacher, its text and embedding settings are
+            replaced by the teacher's).
+        cfg: training settings.
+        data: ``"demo"``, a folder of images (captions optional), or a CSV/TSV file.
+        out_dir: the run folder (created).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        teacher: a model spec for ``resolve_model`` (run or model folder, ``open_clip:NAME``).
+        pretrained: with ``open_clip:NAME``, its pretrained tag or weights file.
+        local_crops: N local crops per image (DINO multi-crop); 0 for none.
+        local_size: their side in pixels (default: 3/7 of the global side, whole patches).
+        resume: continue the run in ``out_dir`` (the teacher is restored from its state).
+        settings: extra settings to record in ``run.json``.
+
+    Raises:
+        ConfigError, DataError, ModelLoadError: at the call, for unusable settings, data or teacher.
+        TrainingError: while iterating, a loss became non-finite.
+    """
+    student_cfg.validate()
+    cfg.validate(student_cfg)
+    v = student_cfg.vision
+    local_size = local_size or local_crop_size(v.image_size, v.patch_size)
+    if local_crops < 0:
+        raise ConfigError(f"local_crops must be at least 0, got {local_crops}")
+    if local_crops and (local_size % v.patch_size or local_size < v.patch_size):
+        raise ConfigError(f"local crop size {local_size} is not a positive multiple of the patch size {v.patch_size}")
+    dev = join_process_group(resolve_device(device))
+    shards = streams_shards(data, samples_per_epoch=cfg.samples_per_epoch)
+    samples = None if shards else image_samples(data, split="train")
+    if samples is not None:
+        check_batch_fits(len(samples), cfg)
+
+    teacher_model = None
+    if teacher is not None:
+        teacher_model = load_teacher(teacher, pretrained=pretrained, out_dir=out_dir, resume=resume)
+        student_cfg = student_config_for(student_cfg, teacher_model.cfg)
+    seed_everything(cfg.seed)
+    model = DetailCLIP(student_cfg)
+    if teacher_model is not None:
+        adopt_text_tower(model, teacher_model)
+        objective = FrozenTeacherObjective(model, cfg, teacher=teacher_model)
+    else:
+        objective = SelfDistillObjective(model, cfg)
+    objective.to(dev)
+
+    dataset = MultiCropDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std,
+                               aug=train_augment(v.image_size, data), tokenize=None, seed=cfg.seed,
+                               local_crops=local_crops, local_size=local_size)
+    if shards:  # the views above make the items of the images the shards stream
+        dataset = ShardDataset(data, views=dataset, seed=cfg.seed, samples_per_epoch=cfg.samples_per_epoch)
+        check_batch_fits(len(dataset), cfg)
+    record = {"command": "distill", **(settings or {}), "teacher": teacher, "pretrained": pretrained,
+              "local_crops": local_crops, "local_size": local_size}
+    if teacher_model is not None:
+        record["teacher_model"] = teacher_model.cfg.to_dict()
+    return fit(objective, dataset, cfg=cfg, data=data, out_dir=out_dir, device=dev, resume=resume,
+               settings=record)

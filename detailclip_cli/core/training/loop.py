@@ -1,0 +1,417 @@
+"""The training loop: a generator that yields one :class:`StepInfo` per logged step.
+
+The loop owns the optimiser, the learning-rate schedule, the data order, checkpointing and
+``metrics.jsonl``; it knows nothing about how progress is drawn (the CLI iterates over it),
+nor about what is trained: :func:`fit` runs any :class:`Objective` (``pretrain`` passes the
+DetailCLIP objective, ``distill`` its distillation objectives).
+
+A run folder holds ``model.safetensors`` + ``config.json`` (the student, loadable on its own),
+``train_state.safetensors`` + ``train_state.json`` (optimiser, teacher, centres, step, RNG
+states), ``metrics.jsonl`` and ``run.json`` (the run's settings)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import torch
+
+from detailclip_cli import __version__
+from detailclip_cli.core.config import ConfigError, TrainConfig
+from detailclip_cli.core.distributed import (
+    BatchShard,
+    all_gather_rows,
+    any_across,
+    average_gradients,
+    barrier,
+    broadcast_state,
+    is_main_process,
+    mean_across,
+    rank,
+    world_size,
+)
+from detailclip_cli.core.method.losses import deferred_center_updates
+from detailclip_cli.core.store.io import (
+    atomic_write,
+    write_json,
+)
+from detailclip_cli.core.device import autocast_dtype
+from detailclip_cli.core.store.run import METRICS_FILE, RUN_FILE, load_checkpoint, recover_checkpoint, save_checkpoint
+from detailclip_cli.core.training.optim import build_optimizer, lr_at
+from detailclip_cli.errors import Interrupted, TrainingError
+
+
+class Objective(Protocol):
+    """What the loop trains: an ``nn.Module`` holding the student as ``model``.
+
+    ``objective(view1, view2, text, step=step, shard=shard, **views)`` returns a dict of named
+    scalar losses with ``"loss"`` their weighted total; ``text`` is None when the data has no
+    captions, ``views`` are the batch's other tensors (e.g. ``local_views``), and ``shard`` (a
+    :class:`BatchShard`, or None for a whole step in one batch) places the batch in its step's
+    global batch. An objective whose loss compares samples across the batch (CLIP's negatives)
+    has a method ``contrastive_features(view1, view2, text, step=, shard=) -> {name: (B, E)}``
+    (None otherwise), the no-grad features that gradient accumulation caches, and asks
+    ``shard.global_features`` for the global rows; its other losses are per-sample means.
+    ``update_teacher(step)`` moves the teacher after the optimiser step and returns its momentum. Everything of the
+    objective but ``model`` (teacher, centres, bridges) is saved in the training state.
+    Optionally, ``extra_metrics(step) -> dict[str, float]`` adds figures to each logged step.
+    """
+
+    model: torch.nn.Module
+
+    def __call__(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None, *,
+                 step: int, shard: BatchShard | None = None, **views: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def update_teacher(self, step: int) -> float: ...
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after a logged step."""
+
+    step: int  # steps completed
+    total_steps: int
+    losses: dict[str, float]
+    lr: float
+    momentum: float
+    images_per_sec: float
+    elapsed_s: float
+    saved: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def epoch_order(num_samples: int, epoch: int, seed: int) -> list[int]:
+    """The sample order of an epoch: a permutation seeded by (seed, epoch) alone."""
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    return torch.randperm(num_samples, generator=g).tolist()
+
+
+def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, rank: int = 0, world_size: int = 1,
+                    pin_memory: bool = False) -> Iterator[dict]:
+    """Endless batches from ``start_step`` on, identical to an uninterrupted run's.
+
+    Each step's global batch is the next ``cfg.batch_size`` samples of the epoch's order;
+    process ``rank`` of ``world_size`` gets its contiguous slice of it, so the data of a step
+    is the same whatever the number of processes.
+
+    Args:
+        dataset: a ``TwoViewDataset`` or subclass (with ``set_epoch``).
+        cfg: batch size (global), workers, seed.
+        start_step: the first step to produce a batch for (resume point).
+        rank: this process's slice, samples ``[rank * G / W, (rank + 1) * G / W)`` of a step.
+        world_size: W, the number of processes (dividing G = ``cfg.batch_size``).
+    """
+    if hasattr(dataset, "batches"):  # a stream (tar shards) batches itself
+        yield from dataset.batches(cfg, start_step, rank=rank, world_size=world_size, pin_memory=pin_memory)
+        return
+    from torch.utils.data import DataLoader
+
+    from detailclip_cli.core.data import collate_skipping_bad
+
+    size = cfg.batch_size
+    per_epoch = len(dataset) // size
+    check_batch_fits(len(dataset), cfg)
+    local = size // world_size
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        dataset.set_epoch(epoch)
+        order = epoch_order(len(dataset), epoch, cfg.seed)
+        mine = [i for b in range(offset, per_epoch) for i in order[b * size + rank * local: b * size + (rank + 1) * local]]
+        loader = DataLoader(dataset, batch_size=local, sampler=mine, drop_last=True,
+                            num_workers=cfg.workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad)
+        for batch in loader:
+            yield batch
+            step += 1
+
+
+def check_batch_fits(num_samples: int, cfg: TrainConfig) -> None:
+    """Refuse data with fewer samples than one batch (before anything is built)."""
+    if num_samples < cfg.batch_size:
+        raise ConfigError(f"the data has {num_samples} samples, fewer than one batch of {cfg.batch_size}")
+
+
+class TrainingRun:
+    """A set-up run: iterate it for its :class:`StepInfo` records; ``objective`` is what it trains."""
+
+    def __init__(self, steps: Iterator[StepInfo], objective: Objective, start_step: int, stop: dict,
+                 data_report=None):
+        self._steps = steps
+        self.objective = objective
+        self.start_step = start_step
+        self._stop = stop
+        # What reading the data skipped or repaired (a ReadReport), or None when not known.
+        self.data_report = data_report
+
+    def request_stop(self) -> None:
+        """Finish the current step, save a checkpoint, then raise :class:`Interrupted`.
+
+        Safe to call from a signal handler: it only sets a flag the loop reads between steps.
+        """
+        self._stop["requested"] = True
+
+    def __iter__(self) -> "TrainingRun":
+        return self
+
+    def __next__(self) -> StepInfo:
+        return next(self._steps)
+
+
+def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, out_dir: Path,
+        device: torch.device, resume: bool = False, settings: dict[str, Any] | None = None,
+        metrics: Callable[[int], dict[str, float]] | None = None) -> TrainingRun:
+    """Set up the optimiser and the run folder (or resume it) for any objective, and return its steps.
+
+    Args:
+        objective: an :class:`Objective`, already on ``device``.
+        dataset: a ``TwoViewDataset`` (or subclass) whose items the objective takes.
+        cfg: the training settings.
+        data: the data spec, recorded in ``run.json``.
+        out_dir: the run folder (created).
+        device: where the objective lives.
+        resume: continue the run in ``out_dir`` from its last checkpoint.
+        settings: extra settings to record in ``run.json``.
+        metrics: figures to add to each logged step, ``metrics(step) -> {name: value}``;
+            defaults to the objective's ``extra_metrics`` when it has one.
+    """
+    out_dir = Path(out_dir)
+    world, main = world_size(), is_main_process()
+    if cfg.batch_size % (world * cfg.accum_steps):
+        raise ConfigError(f"the batch size {cfg.batch_size} (global, of all processes) does not split evenly "
+                          f"into {world} processes x {cfg.accum_steps} micro-batches")
+    optimizer = build_optimizer(objective, cfg)
+    report = dataset.data_report() if hasattr(dataset, "data_report") else None
+    start = 0
+    if resume:
+        # Every process reads the checkpoint (the run folder must be visible to all); only rank 0 writes.
+        if main:
+            recover_checkpoint(out_dir)
+        barrier()
+        start = load_checkpoint(out_dir, objective, optimizer)
+        if main:
+            _truncate_metrics(out_dir / METRICS_FILE, start)
+    elif main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
+        write_json(out_dir / RUN_FILE, {
+            "data": str(data), "device": str(device), "processes": world, "detailclip_version": __version__,
+            "torch_version": torch.__version__, **(settings or {}),
+            "model": objective.model.cfg.to_dict(), "train": cfg.to_dict(),
+            **({"data_report": {**report.counts(), "examples": report.examples}} if report else {}),
+        })
+    broadcast_state(objective)  # seeded alike already; this makes sure every process starts from rank 0's
+    if cfg.compile:
+        compile_blocks(objective)
+    batches = iterate_batches(dataset, cfg, start, rank=rank(), world_size=world, pin_memory=device.type == "cuda")
+    metrics = metrics or getattr(objective, "extra_metrics", None)
+    # Setup errors (data, config, resume) surface here, at the call; the steps run on iteration.
+    stop = {"requested": False}
+    steps = _loop(objective, optimizer, batches, cfg=cfg, start=start, device=device, out_dir=out_dir,
+                  metrics=metrics, stop=stop)
+    return TrainingRun(steps, objective, start, stop, data_report=report)
+
+
+def compile_blocks(module: torch.nn.Module) -> int:
+    """``torch.compile`` each transformer block under ``module`` in place; returns how many.
+
+    Blocks, not the whole objective: their shapes are fixed within a run (the kept-token count
+    is), so each compiles once, and ``Module.compile`` keeps parameter names, so checkpoints
+    are the same with and without it.
+    """
+    from detailclip_cli.core.model.vit import Block
+
+    blocks = [m for m in module.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+# Batch keys the loop passes by position; the others (but ``index``) go to the objective by name.
+_POSITIONAL_KEYS = ("view1", "view2", "text", "index")
+
+
+class _Tally(NamedTuple):
+    """A step's sample counts summed over the processes, and whether any process was asked to stop."""
+
+    min_good: int  # the fewest readable samples a process has
+    good: int
+    bad: int
+    stop: bool
+
+
+def _tally(good: int, bad: int, stop: bool, device: torch.device) -> _Tally:
+    """:class:`_Tally` of this process's counts; one small all-gather under torchrun, so every
+    process takes the same decisions (skip the step, stop for bad data, stop when asked)."""
+    if world_size() == 1:
+        return _Tally(good, good, bad, stop)
+    rows = all_gather_rows(torch.tensor([good, bad, int(stop)], device=device)).tolist()  # (W, 3)
+    return _Tally(min(r[0] for r in rows), sum(r[0] for r in rows), sum(r[1] for r in rows),
+                  any(r[2] for r in rows))
+
+
+def _micro_batches(batch: dict, accum: int, size: int, device: torch.device) -> list[dict]:
+    """The first ``accum * size`` rows of a batch as ``accum`` micro-batches of ``size`` rows, on ``device``."""
+    tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
+    return [{k: v[j * size:(j + 1) * size] for k, v in tensors.items()} for j in range(accum)]
+
+
+def _fill_bank(objective: Objective, micro_batches: list[dict], shards: list[BatchShard], step: int,
+               autocast: Callable) -> None:
+    """Give every shard the step's contrastive features of all rows (no gradient), (W, K, b, E) per name."""
+    with torch.no_grad(), autocast():
+        features = [objective.contrastive_features(mb["view1"], mb["view2"], mb.get("text"), step=step, shard=s)
+                    for mb, s in zip(micro_batches, shards)]
+    bank = {k: all_gather_rows(torch.stack([f[k] for f in features])) for k in features[0]}  # K x (b, E) -> (W, K, b, E)
+    for shard in shards:
+        shard.bank = bank
+
+
+def _save_from_main(out_dir: Path, objective: Objective, optimizer: torch.optim.Optimizer, step: int,
+                    device: torch.device) -> None:
+    """:func:`save_checkpoint` on rank 0; when it fails, every process stops (they all learn it)."""
+    error = None
+    if is_main_process():
+        try:
+            save_checkpoint(out_dir, objective, optimizer, step)
+        except TrainingError as exc:
+            error = exc
+    if any_across(error is not None, device):
+        raise error or TrainingError(f"rank 0 could not save the checkpoint of step {step}")
+
+
+def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
+          cfg: TrainConfig, start: int, device: torch.device, out_dir: Path,
+          metrics: Callable[[int], dict[str, float]] | None = None,
+          stop: dict | None = None) -> Iterator[StepInfo]:
+    """The steps themselves: forward and backward of each micro-batch, finiteness check, gradient
+    average over the processes, optimiser, EMA, checkpoint, log (the last two on rank 0).
+
+    ``stop["requested"]``, checked between steps, saves the last whole step and raises
+    :class:`Interrupted` (a step is never cut in half, so the checkpoint is always consistent).
+    """
+    stop = stop if stop is not None else {"requested": False}
+    dev = device
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    amp_dtype = autocast_dtype(cfg.precision, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    world, accum, main = world_size(), cfg.accum_steps, is_main_process()
+    banked = accum > 1 and getattr(objective, "contrastive_features", None) is not None
+    objective.train()
+    t_start = time.perf_counter()
+    t_log, n_since_log = t_start, 0
+    seen, bad_count = 0, 0  # samples drawn / unreadable ones skipped, over all processes
+    for step in range(start, cfg.steps):
+        batch = next(batches)
+        unreadable = batch.pop("bad")
+        tally = _tally(len(batch["view1"]) if "view1" in batch else 0, len(unreadable), stop["requested"], dev)
+        if tally.stop:
+            if step > start:
+                _save_from_main(out_dir, objective, optimizer, step, dev)
+            raise Interrupted(f"stopped at step {step}; the checkpoint is saved, continue with "
+                              f"`detailclip pretrain --resume {out_dir}` (or `distill --resume`)")
+        bad_count += tally.bad
+        seen += tally.bad + tally.good
+        # Judged against at least four batches, so a few broken files that happen to come
+        # first do not stop a run whose data is mostly fine.
+        if tally.bad and bad_count > cfg.max_bad_fraction * max(seen, 4 * cfg.batch_size):
+            raise TrainingError(
+                f"{bad_count} of {seen} samples could not be read (more than max_bad_fraction "
+                f"{cfg.max_bad_fraction})" + (f", e.g. {unreadable[0]}" if unreadable else "")
+            )
+        # Micro-batches are equal everywhere (contrastive rows are gathered, means must weigh
+        # alike): after unreadable samples, each process keeps as many as the one with fewest.
+        size = tally.min_good // accum
+        if size == 0 or size * accum * world < 2:
+            continue  # nothing (or one image: no contrastive pair) left to learn from this step
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = _micro_batches(batch, accum, size, dev)
+        shards: list[BatchShard | None] = [None]
+        if world * accum > 1:
+            first = rank() * (cfg.batch_size // world)
+            shards = [BatchShard(offset=first + j * size, global_size=cfg.batch_size, micro=j, accum=accum)
+                      for j in range(accum)]
+            if banked:
+                _fill_bank(objective, micro_batches, shards, step, autocast)
+
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        with deferred_center_updates(objective):  # centres move once per step, by the whole batch
+            for mb, shard in zip(micro_batches, shards):
+                views = {k: v for k, v in mb.items() if k not in _POSITIONAL_KEYS}
+                with autocast():
+                    out = objective(mb["view1"], mb["view2"], mb.get("text"), step=step, shard=shard, **views)
+                scaler.scale(out["loss"] / accum).backward()  # the scaler is the identity unless fp16
+                for k, val in out.items():
+                    sums[k] = sums.get(k, 0) + val.detach().float() / accum
+        names = list(sums)
+        losses = dict(zip(names, mean_across(torch.stack([sums[k] for k in names]))))
+        bad = [k for k, val in losses.items() if k != "loss" and not torch.isfinite(val)]
+        if bad or not torch.isfinite(losses["loss"]):
+            term = bad[0] if bad else "loss"
+            raise TrainingError(
+                f"the {term} loss became {losses[term].item()} at step {step + 1}; "
+                f"stopped, the last good checkpoint in {out_dir} is kept"
+            )
+        average_gradients(params)
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
+        scaler.update()
+        momentum = objective.update_teacher(step)
+        n_since_log += size * accum * world
+
+        done = step + 1
+        saved = done % cfg.save_every == 0 or done == cfg.steps
+        info = None
+        if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
+            now = time.perf_counter()
+            info = StepInfo(
+                step=done, total_steps=cfg.steps, losses={k: val.item() for k, val in losses.items()},
+                lr=lr, momentum=momentum, images_per_sec=n_since_log / max(now - t_log, 1e-9),
+                elapsed_s=now - t_start, saved=saved,
+                extra={**(metrics(step) if metrics else {}), "bad_samples": bad_count},
+            )
+            t_log, n_since_log = now, 0
+            # Logged before the checkpoint: a crash in between leaves a line past the checkpoint,
+            # which a resume drops and logs again, never a checkpoint whose line is missing.
+            if main:
+                _append_metrics(out_dir / METRICS_FILE, info)
+        if saved:
+            _save_from_main(out_dir, objective, optimizer, done, dev)
+        if info is not None:
+            yield info
+
+
+def _append_metrics(path: Path, info: StepInfo) -> None:
+    record = {"step": info.step, **info.losses, "lr": info.lr, "momentum": info.momentum,
+              "images_per_sec": round(info.images_per_sec, 3), "elapsed_s": round(info.elapsed_s, 3),
+              **info.extra}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after ``step`` (a resumed run logs them again), and a line torn
+    by a crash in mid-write."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))

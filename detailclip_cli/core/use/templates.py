@@ -1,0 +1,89 @@
+"""Prompt templates and label lists for zero-shot classification."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from detailclip_cli.errors import UsageError
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a close-up photo of a {}.",
+    "a photo of the {}.",
+    "a drawing of a {}.",
+)
+
+
+class TemplateError(UsageError, ValueError):
+    """Templates or labels that cannot be used; one line for people."""
+
+
+def template_sets() -> dict[str, Sequence[Callable[[str], str]]]:
+    """The named template sets: ``default`` (ours), ``demo`` (the demo digits), open_clip's ImageNet sets."""
+    import open_clip
+
+    from detailclip_cli.core.data.demo import ZERO_SHOT_TEMPLATES
+
+    return {
+        "default": [_fill(t) for t in DEFAULT_TEMPLATES],
+        "demo": [_fill(t) for t in ZERO_SHOT_TEMPLATES],
+        "openai_imagenet": list(open_clip.OPENAI_IMAGENET_TEMPLATES),
+        "simple_imagenet": list(open_clip.SIMPLE_IMAGENET_TEMPLATES),
+    }
+
+
+def _fill(template: str) -> Callable[[str], str]:
+    # replace, not str.format: a template may contain other braces.
+    return lambda name: template.replace("{}", name)
+
+
+def resolve_templates(spec: str | None, *, data: str | None = None) -> list[Callable[[str], str]]:
+    """Templates by name (``default``, ``demo``, ``openai_imagenet``, ``simple_imagenet``) or from a file.
+
+    With no ``spec``, the demo data (``data == "demo"``) gets its own set and anything else
+    the default set.
+
+    A template file has one template per line, each containing ``{}`` where the label goes;
+    blank lines and lines starting with ``#`` are skipped.
+
+    Returns:
+        Callables mapping a label to a prompt.
+    """
+    sets = template_sets()
+    if spec is None:
+        return list(sets["demo" if data == "demo" else "default"])
+    if spec in sets:
+        return list(sets[spec])
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise TemplateError(f"--templates {spec}: not a template set ({', '.join(sets)}) nor a file")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise TemplateError(f"template file {path} has no templates")
+    bad = [line for line in lines if "{}" not in line]
+    if bad:
+        raise TemplateError(f"template {bad[0]!r} in {path} has no {{}} where the label goes")
+    return [_fill(line) for line in lines]
+
+
+def parse_labels(text: str, *, source: str = "--labels", one_per_line: bool = False) -> list[str]:
+    """Split labels on commas (or only on line breaks, for label files), dropping blanks.
+
+    Raises:
+        TemplateError: no labels, or a label given twice.
+    """
+    lines = text.splitlines()
+    labels = [p.strip() for line in lines for p in ([line] if one_per_line else line.split(","))]
+    labels = [label for label in labels if label]
+    if not labels:
+        raise TemplateError(f"{source} gave no labels")
+    seen = set()
+    for label in labels:
+        if label in seen:
+            raise TemplateError(f"{source} names the label {label!r} twice")
+        seen.add(label)
+    return labels

@@ -1,0 +1,223 @@
+"""zero-shot, attn-map and reconstruct end to end on a freshly trained tiny run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from detailclip_cli.cli import app
+from detailclip_cli.cli._inputs import expand_inputs
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def demo_images(demo_cache):
+    """Three validation images of different classes."""
+    from detailclip_cli.core.data import demo_root
+
+    val = demo_root() / "val"
+    return [sorted((val / c).glob("*[0-9].png"))[0] for c in ("red", "green", "blue")]
+
+
+def invoke(*args, input=None):
+    result = runner.invoke(app, [str(a) for a in args], input=input)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def run_cli(*args, env=None):
+    """The real console entry point in a subprocess (exit codes and stderr as users see them)."""
+    return subprocess.run([sys.executable, "-m", "detailclip_cli", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+
+
+def test_expand_inputs(tmp_path):
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for name in ("a/x.png", "a/x.mask.png", "a/deep/y.JPG", "a/notes.txt", "a/.hidden.png", "z.png"):
+        (tmp_path / name).write_bytes(b"")
+    a, y, z = tmp_path / "a" / "x.png", tmp_path / "a" / "deep" / "y.JPG", tmp_path / "z.png"
+    got = expand_inputs([str(z), str(tmp_path / "a"), str(tmp_path / "*.png"), "-", str(tmp_path / "nope.png"),
+                         str(tmp_path / "*.gif")], stdin=io.StringIO(f"{a}\n\n{tmp_path / 'a' / 'notes.txt'}\n"))
+    assert got.paths == [z, y, a, tmp_path / "a" / "notes.txt"]  # folder sorted, repeats dropped, order kept
+    assert got.missing == [str(tmp_path / "nope.png"), str(tmp_path / "*.gif")]
+
+
+# -- zero-shot -----------------------------------------------------------------------------------------
+
+
+def test_zero_shot_formats(run_dir, demo_images, tmp_path):
+    labels = "zero,one,two,three"
+    result = invoke("zero-shot", *demo_images, "--labels", labels, "--model", run_dir, "--format", "json")
+    assert result.exit_code == 0
+    records = json.loads(result.stdout)
+    assert [r["path"] for r in records] == [str(p) for p in demo_images]
+    for r in records:
+        ranked = r["ranked"]
+        assert sorted(e["label"] for e in ranked) == sorted(labels.split(","))  # every label, ranked
+        assert [e["prob"] for e in ranked] == sorted((e["prob"] for e in ranked), reverse=True)
+        assert sum(e["prob"] for e in ranked) == pytest.approx(1.0, abs=1e-4)
+        assert (r["label"], r["prob"]) == (ranked[0]["label"], ranked[0]["prob"])
+
+    result = invoke("zero-shot", demo_images[0], "--labels", labels, "--model", run_dir, "--format", "jsonl",
+                    "--top-k", "2")
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and len(json.loads(lines[0])["ranked"]) == 2
+
+    out = tmp_path / "res.csv"
+    invoke("zero-shot", *demo_images[:2], "--labels", labels, "--model", run_dir, "--format", "csv", "--output", out)
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["path", "rank", "label", "prob"] and len(rows) == 2 * 4
+
+    result = invoke("zero-shot", demo_images[0], "--labels", labels, "--model", run_dir)
+    assert result.exit_code == 0 and records[0]["label"] in result.stdout and "prob" in result.stdout
+
+
+def test_zero_shot_paths_from_stdin_and_templates_file(run_dir, demo_images, tmp_path):
+    templates = tmp_path / "t.txt"
+    templates.write_text("a handwritten {}\nthe digit {}\n")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("zero\none\n")
+    result = invoke("zero-shot", "-", "--labels-file", labels, "--templates", templates, "--model", run_dir,
+                    "--format", "jsonl", input="\n".join(map(str, demo_images[:2])) + "\n")
+    assert result.exit_code == 0
+    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(p) for p in demo_images[:2]]
+
+
+def test_zero_shot_eval_on_demo(run_dir, tmp_path):
+    out = tmp_path / "report"
+    result = invoke("zero-shot", "--eval", "demo", "--model", run_dir, "--format", "json", "--out", out,
+                    "--batch-size", "100")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["num_images"] == 500 and report["classes"][0] == "red"
+    for key in ("top1", "top5", "mean_per_class_recall"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["top5"] >= report["top1"]
+    assert len(report["per_class"]) == 8 and sum(r["support"] for r in report["per_class"]) == 500
+    assert sum(map(sum, report["confusion_matrix"])) == 500
+    assert (out / "confusion.png").stat().st_size > 0 and report["confusion_png"] == str(out / "confusion.png")
+
+
+def test_zero_shot_with_a_converted_open_clip_model(demo_images, tmp_path):
+    import open_clip
+    import torch
+
+    config = {"embed_dim": 32, "quick_gelu": True,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+    (tmp_path / "detailclip-test-cli.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "detailclip-test-cli.json")
+    torch.save(open_clip.create_model("detailclip-test-cli").state_dict(), tmp_path / "w.pt")
+    result = invoke("zero-shot", demo_images[0], "--labels", "cat,dog", "--model", "open_clip:detailclip-test-cli",
+                    "--pretrained", tmp_path / "w.pt", "--format", "json")
+    assert result.exit_code == 0
+    assert sum(e["prob"] for e in json.loads(result.stdout)[0]["ranked"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bad_input_fails_only_that_input(run_dir, demo_images, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    result = run_cli("zero-shot", demo_images[0], bad, tmp_path / "missing.png", demo_images[1],
+                     "--labels", "zero,one", "--model", run_dir, "--format", "jsonl")
+    assert result.returncode == 1
+    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(demo_images[0]),
+                                                                                  str(demo_images[1])]
+    assert "notes.txt" in result.stderr and "missing.png" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_labels_is_a_usage_error(run_dir, demo_images):
+    result = run_cli("zero-shot", demo_images[0], "--model", run_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ['error: give --labels "a,b,c" or --labels-file FILE (or --eval DATA)']
+
+
+# -- attn-map -------------------------------------------------------------------------------------------
+
+
+def test_attn_map_pictures_and_json(run_dir, demo_images, tmp_path):
+    from detailclip_cli.core.model.removal import num_kept
+
+    out = tmp_path / "maps"
+    result = invoke("attn-map", *demo_images[:2], "--model", run_dir, "--out", out, "--heads", "each")
+    assert result.exit_code == 0
+    written = result.stdout.split()
+    assert written == [str(out / f"{p.stem}.attn.png") for p in demo_images[:2]]
+    assert all(Path(name).stat().st_size > 0 for name in written)
+
+    result = invoke("attn-map", demo_images[0], "--model", run_dir, "--format", "json", "--keep-ratio", "0.25",
+                    "--block-size", "2", "--layer", "last", "--heads", "each")
+    doc = json.loads(result.stdout)
+    gh, gw = doc["grid"]
+    assert (doc["layer"], doc["keep_ratio"], doc["block_size"]) == ("last", 0.25, 2)
+    image = doc["images"][0]
+    assert image["path"] == str(demo_images[0])
+    assert len(image["scores"]) == gh and len(image["scores"][0]) == gw
+    assert sum(map(sum, image["kept"])) == num_kept(gh * gw, 0.25, 2)
+    assert len(image["heads"]) == 3 and len(image["heads"][0]) == gh
+
+
+def test_attn_map_rejects_a_block_size_that_does_not_fit(run_dir, demo_images):
+    from detailclip_cli.errors import UsageError
+
+    result = runner.invoke(app, ["attn-map", str(demo_images[0]), "--model", str(run_dir), "--block-size", "3"])
+    assert isinstance(result.exception, UsageError) and "does not divide" in str(result.exception)
+
+
+# -- reconstruct ----------------------------------------------------------------------------------------
+
+
+def test_reconstruct_pictures_and_json(run_dir, demo_images, tmp_path):
+    out = tmp_path / "recon"
+    result = invoke("reconstruct", *demo_images[:2], "--model", run_dir, "--out", out, "--format", "json",
+                    "--strategy", "random", "--seed", "3")
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert (doc["strategy"], doc["seed"], doc["norm_pix"]) == ("random", 3, True)
+    assert len(doc["images"]) == 2
+    for image in doc["images"]:
+        assert image["removed"] == image["kept"] == 32
+        assert image["mse"] > 0 and image["psnr"] > 0
+        assert os.path.getsize(image["png"]) > 0
+    again = json.loads(invoke("reconstruct", *demo_images[:2], "--model", run_dir, "--out", out, "--format",
+                              "json", "--strategy", "random", "--seed", "3").stdout)
+    assert [i["mse"] for i in again["images"]] == [i["mse"] for i in doc["images"]]
+
+    result = invoke("reconstruct", demo_images[0], "--model", run_dir, "--out", out)
+    assert result.exit_code == 0 and "PSNR" in result.stdout
+
+
+def test_reconstruct_without_decoder_is_a_one_line_usage_error(demo_images, tmp_path):
+    from detailclip_cli.core.config import load_preset
+    from detailclip_cli.core.store.io import save_model
+    from detailclip_cli.core.model.detailclip import DetailCLIP
+
+    cfg, _ = load_preset("tiny")
+    cfg.vision.depth, cfg.decoder, cfg.head = 1, None, None
+    folder = save_model(DetailCLIP(cfg), tmp_path / "no-decoder")
+    result = run_cli("reconstruct", demo_images[0], "--model", folder, "--out", tmp_path / "r")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "no pixel decoder" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_has_examples_and_does_not_import_torch():
+    for command in ("zero-shot", "attn-map", "reconstruct"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and f"detailclip {command}" in result.stdout
+    code = ("import sys; from typer.testing import CliRunner; from detailclip_cli.cli import app; "
+            "CliRunner().invoke(app, ['zero-shot', '--help']); sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

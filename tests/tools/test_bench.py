@@ -1,0 +1,120 @@
+"""`detailclip bench`: the record's structure and the invariants its figures must satisfy."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from detailclip_cli.cli import app
+from detailclip_cli.tools.bench import SECTIONS, STAGES, TARGETS, BenchConfig, TrainStep, count_flops, parse_sections, run_bench, variant_configs
+from detailclip_cli.core.config import ConfigError
+
+
+def _numbers(record, path=()):
+    """(path, value) of every number in a nested record."""
+    if isinstance(record, dict):
+        for key, value in record.items():
+            yield from _numbers(value, (*path, str(key)))
+    elif isinstance(record, list):
+        for i, value in enumerate(record):
+            yield from _numbers(value, (*path, str(i)))
+    elif isinstance(record, (int, float)) and not isinstance(record, bool):
+        yield ".".join(path), record
+
+
+@pytest.fixture(scope="module")
+def record(demo_cache):
+    cfg = BenchConfig(preset="tiny", batch_size=4, device="cpu", repeats=1, warmup=0, workers=(0, 1),
+                      matmul_size=256)
+    return run_bench(cfg)
+
+
+def test_record_has_every_section_and_is_plain_json(record):
+    assert set(SECTIONS) <= set(record)
+    assert record["preset"] == "tiny" and record["batch_size"] == 4 and record["device"] == "cpu"
+    assert json.loads(json.dumps(record)) == record
+    assert set(record["targets"]) == set(TARGETS)
+    for target in record["targets"].values():
+        assert isinstance(target["met"], bool) and target["value"] is not None
+
+
+def test_times_rates_and_ratios_are_positive(record):
+    for path, value in _numbers({section: record[section] for section in SECTIONS}):
+        if path == "scores.overhead" or path.endswith(("max_abs_diff", "workers")):
+            continue  # an overhead may be a hair below zero; workers may be 0
+        assert value > 0, path
+
+
+def test_flops_invariants(record):
+    f = record["flops"]
+    assert f["detailclip_gflops"] > f["clip_gflops"]
+    assert f["detailclip_vs_clip"] == pytest.approx(f["detailclip_gflops"] / f["clip_gflops"], rel=1e-2)
+    rows = record["keep"]["rows"]
+    assert [r["keep_ratio"] for r in rows] == [1.0, 0.5, 0.25]
+    assert [r["tokens"] for r in rows] == [64, 32, 16]  # tiny: 8x8 patches
+    assert rows[0]["gflops"] > rows[1]["gflops"] > rows[2]["gflops"]
+    assert rows[0]["speedup"] == 1.0
+
+
+def test_split_covers_every_stage_and_sums_near_the_step(record):
+    split = record["split"]
+    assert list(split["stages_s"]) == list(STAGES)  # DetailCLIP defaults run every stage
+    assert sum(split["fraction"].values()) == pytest.approx(1.0, abs=1e-2)
+    assert 0.3 < split["sum_vs_step"] < 3.0  # one unwarmed repeat: loose
+
+
+def test_inference_twin_encodes_like_open_clip(record):
+    assert record["inference"]["max_abs_diff"] < 1e-4
+    assert {r["workers"] for r in record["data"]["rows"]} == {0, 1}
+    assert record["memory"]["detailclip"]["step_peak_mib"] >= 0
+
+
+def test_staged_step_mirrors_the_objective():
+    """The split times the objective's stages by calling them itself: it must compute the same loss."""
+    step = TrainStep(*variant_configs("tiny", "detailclip"), batch_size=2, device=torch.device("cpu"))
+    reference = copy.deepcopy(step.objective)
+    expected = reference(step.view1, step.view2, step.text, step=0)["loss"].item()
+    _, loss = step.staged()
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_cpu_attention_flops_are_counted():
+    q = torch.randn(2, 3, 10, 8)
+    # QK^T and AV: two batched matmuls of 2 * (B*H) * N * N * d FLOPs each.
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 2 * 2 * (2 * 3) * 10 * 10 * 8
+
+
+def test_sections_are_parsed_and_checked():
+    assert parse_sections(["train,keep", "flops", "keep"]) == ("train", "keep", "flops")
+    assert parse_sections(None) == SECTIONS
+    with pytest.raises(ConfigError, match="unknown bench section"):
+        BenchConfig(sections=("train", "speed")).validate()
+
+
+def test_cli_json_parses_and_table_prints(demo_cache):
+    runner = CliRunner()
+    args = ["bench", "--preset", "tiny", "--batch-size", "2", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+            "--sections", "train,scores"]
+    result = runner.invoke(app, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert {"train", "scores", "targets"} <= set(record) and "keep" not in record
+    assert set(record["targets"]) == {"scores_overhead"}
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "DetailCLIP step" in result.stdout and "targets" in result.stdout
+
+
+def test_cli_bad_section_is_one_line_and_exit_2():
+    result = subprocess.run([sys.executable, "-m", "detailclip_cli", "bench", "--sections", "speed"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "unknown bench section" in result.stderr
