@@ -1,5 +1,7 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv on first use
 # (exact pins from constraints.txt) and reinstall only when pyproject.toml or the pins change.
+# `make test` runs every test (CI calls it); `make test-fast` leaves out those marked slow,
+# for the inner loop (under a minute on 2 CPU cores).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 DEMO_STEPS ?= 300
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-fast docs clean
 
 venv: $(STAMP)
 
@@ -21,6 +23,13 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# docs/cli.md is generated from the Typer app (a test fails when it is stale).
+docs: venv
+	$(BIN)/python docs/gen_cli.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,4 +3,4 @@
 Importing this package is cheap on purpose (no torch): the CLI's ``--help`` must stay fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

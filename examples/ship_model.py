@@ -1,4 +1,4 @@
-"""Copy a trained run into assets/ as the default model, in half precision, with its provenance.
+"""Copy a trained run into the package as its shipped model, in half precision, with its provenance.
 
     .venv/bin/detailclip pretrain --preset tiny --steps 1500 --seed 0 --out runs/tiny-ship
     .venv/bin/python examples/ship_model.py runs/tiny-ship
@@ -16,16 +16,19 @@ from pathlib import Path
 import torch
 
 from detailclip_cli.core.store.io import load_model, save_model
+from detailclip_cli.core.store.run import RunFolder
+from detailclip_cli.core.store.shipped import shipped_model_dir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="the run folder to ship")
-    parser.add_argument("--out", type=Path, default=Path("assets/detailclip-tiny"))
+    parser.add_argument("--out", type=Path, default=shipped_model_dir())
     args = parser.parse_args()
     model = load_model(args.run)
     save_model(model, args.out, dtype=torch.float16, metadata={"source": "detailclip pretrain (see run.json)"})
-    shutil.copyfile(args.run / "run.json", args.out / "run.json")
+    # The shipped folder keeps the run's settings where a run folder has them (``info`` reads them).
+    shutil.copyfile(RunFolder(args.run).settings_file, RunFolder(args.out).settings_file)
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"{args.out}: {size / 1e6:.1f} MB")
 

@@ -1,4 +1,4 @@
-"""Shared fixtures. The demo data is generated once per session into a temporary cache."""
+"""Shared fixtures. The demo data and the corpus of broken files are generated once per session."""
 
 from __future__ import annotations
 
@@ -37,3 +37,11 @@ def run_dir(demo_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     list(train(model_cfg, train_cfg, data="demo", out_dir=out, device="cpu"))
     return out
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """Good and broken image files of every kind (``helpers.build_corpus``), read by data and command tests."""
+    from helpers import build_corpus
+
+    return build_corpus(tmp_path_factory.mktemp("corpus"))

@@ -10,8 +10,20 @@ import sys
 import typer
 
 from detailclip_cli import __version__
-from detailclip_cli.cli import attn_map, bench, distill, evaluate, export, info, plot, pretrain, reconstruct, shard, zero_shot
-from detailclip_cli.cli._common import is_main_rank
+from detailclip_cli.cli import (
+    attn_map,
+    bench,
+    distill,
+    evaluate,
+    export,
+    info,
+    plot,
+    pretrain,
+    reconstruct,
+    shard,
+    zero_shot,
+)
+from detailclip_cli.cli.console import is_main_rank
 from detailclip_cli.errors import DetailclipError
 
 app = typer.Typer(

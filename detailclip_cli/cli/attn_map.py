@@ -8,26 +8,11 @@ from typing import Annotated
 
 import typer
 
-from detailclip_cli.cli._common import DeviceOpt, err_console
-from detailclip_cli.cli._use import (
-    BatchSizeOpt,
-    BlockSizeOpt,
-    ImageFeed,
-    ImagesArg,
-    KeepRatioOpt,
-    LayerOpt,
-    ModelOpt,
-    OutputOpt,
-    PictureOrJson,
-    PretrainedOpt,
-    finish,
-    gather_images,
-    load_model,
-    one_line,
-    run_defaults,
-    unique_name,
-    write_json,
-)
+from detailclip_cli.cli import options as opts
+from detailclip_cli.cli.console import err_console, one_line
+from detailclip_cli.cli.inputs import ImageFeed, gather_images, load_model, run_defaults
+from detailclip_cli.cli.output import PictureOrJson, finish, unique_name, write_json
+from detailclip_cli.core.store.shipped import model_name
 
 
 class Heads(str, Enum):
@@ -36,18 +21,25 @@ class Heads(str, Enum):
 
 
 def attn_map(
-    images: ImagesArg = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    layer: LayerOpt = None,
-    heads: Annotated[Heads, typer.Option("--heads", help="mean: one map averaged over heads; each: also one map per head.")] = Heads.mean,
-    keep_ratio: KeepRatioOpt = 0.5,
-    block_size: BlockSizeOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the PNGs (one <name>.attn.png per image).")] = Path("attn-maps"),
-    fmt: Annotated[PictureOrJson, typer.Option("--format", "-f", help="png: pictures in --out (their paths on stdout); json: score grids and kept masks on stdout.")] = PictureOrJson.png,
-    output: OutputOpt = None,
-    batch_size: BatchSizeOpt = 32,
-    device: DeviceOpt = "auto",
+    images: opts.ImagesArg = None,
+    model: opts.ModelOpt = None,
+    pretrained: opts.PretrainedOpt = None,
+    layer: opts.LayerOpt = None,
+    heads: Annotated[Heads, typer.Option(
+        "--heads", rich_help_panel=opts.METHOD,
+        help="mean: one map averaged over heads; each: also one map per head.")] = Heads.mean,
+    keep_ratio: opts.KeepRatioOpt = 0.5,
+    block_size: opts.BlockSizeOpt = None,
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", rich_help_panel=opts.OUTPUT,
+        help="Folder for the PNGs (one <name>.attn.png per image).")] = Path("attn-maps"),
+    fmt: Annotated[PictureOrJson, typer.Option(
+        "--format", "-f", rich_help_panel=opts.OUTPUT,
+        help="png: pictures in --out (their paths on stdout); json: score grids and kept masks on "
+        "stdout.")] = PictureOrJson.png,
+    output: opts.OutputOpt = None,
+    batch_size: opts.BatchSizeOpt = 32,
+    device: opts.DeviceOpt = "auto",
 ) -> None:
     """Show where the [CLS] token looks, and which patches token removal keeps.
 
@@ -69,8 +61,9 @@ def attn_map(
         finish(failed)
         return
 
-    from detailclip_cli.core.use.probes import attention_maps, check_removal
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.use.batching import to_pixels
+    from detailclip_cli.core.use.probes import attention_maps, check_removal
 
     net = load_model(model, pretrained, device, console)
     layer, block_size = run_defaults(model, net, layer=layer, block_size=block_size)
@@ -89,6 +82,7 @@ def attn_map(
                     record["heads"] = _rounded(maps.per_head[i])
                 records.append(record)
             continue
+        # imported on use, not at the top: --help must not load matplotlib (start-up time)
         from detailclip_cli.plots import attention_figure
 
         pixels = to_pixels(batch.images, v.mean, v.std).cpu()
@@ -105,7 +99,7 @@ def attn_map(
 
     if fmt == PictureOrJson.json:
         write_json({
-            "model": model or "assets/detailclip-tiny", "layer": layer, "keep_ratio": keep_ratio,
+            "model": model_name(model), "layer": layer, "keep_ratio": keep_ratio,
             "block_size": block_size, "image_size": v.image_size, "patch_size": v.patch_size,
             "grid": list(net.visual.grid_size), "images": records,
         }, output)

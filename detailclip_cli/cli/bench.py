@@ -6,8 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from detailclip_cli.cli._common import DeviceOpt, err_console
-from detailclip_cli.cli._use import OutputOpt, TableOrJson, say, write_json
+from detailclip_cli.cli.console import err_console, say
+from detailclip_cli.cli.options import DeviceOpt, OutputOpt
+from detailclip_cli.cli.output import TableOrJson, print_tables, write_json
 
 SectionsOpt = Annotated[
     Optional[list[str]],
@@ -41,6 +42,7 @@ def bench(
 
       detailclip bench --preset tiny --sections train,keep,flops --format json
     """
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.tools.bench import BenchConfig, parse_sections, run_bench
 
     console = err_console()
@@ -55,8 +57,6 @@ def bench(
     if fmt is TableOrJson.json:
         write_json(record, output)
         return
-    from detailclip_cli.cli._use import print_tables
-
     print_tables([figures_table(record), targets_table(record)], output)
 
 

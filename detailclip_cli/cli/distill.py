@@ -7,65 +7,80 @@ from typing import Annotated, Optional
 
 import typer
 
-from detailclip_cli.cli import _common as opts
+from detailclip_cli.cli import options as opts
+from detailclip_cli.cli.console import drive, err_console, removal_summary
+from detailclip_cli.cli.output import default_run_dir
+from detailclip_cli.core.config import ConfigError
 
 ImagesDataOpt = Annotated[str, typer.Option(
-    "--data", help="Training images: 'demo', a folder of images (searched recursively; captions are not "
-    "needed), a CSV/TSV file, or webdataset tar shards (a pattern such as 'shards/{000000..000099}.tar', "
-    "one .tar, or a folder of them).")]
+    "--data", metavar="PATH", rich_help_panel=opts.DATA,
+    help="Training images: 'demo', a folder of images (searched recursively; captions are not needed), a "
+    "CSV/TSV file, or webdataset tar shards (a pattern such as 'shards/{000000..000099}.tar', one .tar, or "
+    "a folder of them).")]
 TeacherOpt = Annotated[Optional[str], typer.Option(
-    "--teacher", help="A trained teacher, kept frozen: a run folder, a model folder, or open_clip:NAME. "
-    "Without it: self-distillation from an EMA copy of the student (no captions, no text tower).",
-    show_default=False)]
+    "--teacher", metavar="MODEL", rich_help_panel=opts.MODEL, show_default=False,
+    help="A trained teacher, kept frozen: a run folder, a model folder, or open_clip:NAME. Without it: "
+    "self-distillation from an EMA copy of the student (no captions, no text tower).")]
 TeacherPretrainedOpt = Annotated[Optional[str], typer.Option(
-    "--pretrained", help="With --teacher open_clip:NAME: an open_clip pretrained tag or a local weights file.",
-    show_default=False)]
+    "--pretrained", metavar="TAG", rich_help_panel=opts.MODEL, show_default=False,
+    help="With --teacher open_clip:NAME: an open_clip pretrained tag or a local weights file.")]
 StudentOpt = Annotated[Optional[str], typer.Option(
-    "--student", help="Student preset: tiny, small or base (default tiny). With --teacher, its text tower "
-    "and embedding width are the teacher's.", show_default=False)]
+    "--student", metavar="NAME", rich_help_panel=opts.MODEL, show_default=False,
+    help=opts.preset_help("Student preset") + " With --teacher, its text tower and embedding width are the "
+    "teacher's.")]
 LocalCropsOpt = Annotated[Optional[int], typer.Option(
-    "--local-crops", min=0, help="DINO multi-crop: N small local views per image (5-35 % of it) that the "
-    "student must map to the teacher's global [CLS] target. Default 0.", show_default=False)]
+    "--local-crops", metavar="N", min=0, rich_help_panel=opts.METHOD, show_default=False,
+    help="DINO multi-crop: N small local views per image (5-35 % of it) that the student must map to the "
+    "teacher's global [CLS] target. Default 0.")]
 LocalSizeOpt = Annotated[Optional[int], typer.Option(
-    "--local-size", min=1, help="Side of the local views in pixels, a multiple of the patch size. "
-    "Default: 3/7 of the image size, rounded up to whole patches.", show_default=False)]
+    "--local-size", metavar="N", min=1, rich_help_panel=opts.METHOD, show_default=False,
+    help="Side of the local views in pixels, a multiple of the patch size. Default: 3/7 of the image size, "
+    "rounded up to whole patches.")]
 
 
 def distill(
+    # -- data
     data: ImagesDataOpt = "demo",
+    samples_per_epoch: opts.SamplesPerEpochOpt = None,
+    max_bad_fraction: opts.MaxBadOpt = None,
+    workers: opts.WorkersOpt = None,
+    # -- model
     teacher: TeacherOpt = None,
     pretrained: TeacherPretrainedOpt = None,
     student: StudentOpt = None,
     config: opts.ConfigOpt = None,
-    out: opts.OutOpt = None,
+    # -- method
+    removal: opts.RemovalOpt = None,
+    keep_ratio: opts.KeepOpt = None,
+    block_size: opts.BlockOpt = None,
+    score_layer: opts.ScoreLayerOpt = None,
     local_crops: LocalCropsOpt = None,
     local_size: LocalSizeOpt = None,
+    no_reconstruct: opts.NoReconstructOpt = False,
+    w_rec: opts.WRecOpt = None,
+    w_patch: opts.WPatchOpt = None,
+    w_cls: opts.WClsOpt = None,
+    # -- optimisation
     steps: opts.StepsOpt = None,
     epochs: opts.EpochsOpt = None,
     batch_size: opts.TrainBatchOpt = None,
     lr: opts.LrOpt = None,
     weight_decay: opts.WeightDecayOpt = None,
     warmup_steps: opts.WarmupOpt = None,
-    keep_ratio: opts.KeepOpt = None,
-    removal: opts.RemovalOpt = None,
-    block_size: opts.BlockOpt = None,
-    score_layer: opts.ScoreLayerOpt = None,
-    no_reconstruct: opts.NoReconstructOpt = False,
-    w_rec: opts.WRecOpt = None,
-    w_patch: opts.WPatchOpt = None,
-    w_cls: opts.WClsOpt = None,
     seed: opts.SeedOpt = None,
+    # -- scale
     device: opts.DeviceOpt = "auto",
-    workers: opts.WorkersOpt = None,
-    log_every: opts.LogEveryOpt = None,
-    save_every: opts.SaveEveryOpt = None,
-    max_bad_fraction: opts.MaxBadOpt = None,
-    compile: opts.CompileOpt = None,
     precision: opts.PrecisionOpt = None,
-    samples_per_epoch: opts.SamplesPerEpochOpt = None,
     accum_steps: opts.AccumOpt = None,
     grad_checkpointing: opts.GradCkptOpt = None,
+    no_grad_checkpointing: opts.NoGradCkptOpt = False,
+    compile: opts.CompileOpt = None,
+    no_compile: opts.NoCompileOpt = False,
+    # -- output
+    out: opts.OutOpt = None,
     resume: opts.ResumeOpt = None,
+    log_every: opts.LogEveryOpt = None,
+    save_every: opts.SaveEveryOpt = None,
 ) -> None:
     """Distil a student from a teacher using images only (captions are not needed); writes a run folder.
 
@@ -88,26 +103,41 @@ def distill(
 
       detailclip distill --resume runs/student --steps 2000
     """
-    given = opts.given_overrides(locals())
+    # The core loads only when a command runs, so --help stays fast.
+    from detailclip_cli.core.training.settings import (
+        epoch_samples,
+        new_configs,
+        overrides,
+        resume_configs,
+    )
+
+    given = overrides(
+        samples_per_epoch=samples_per_epoch, max_bad_fraction=max_bad_fraction, workers=workers,
+        removal=removal, keep_ratio=keep_ratio, block_size=block_size, score_layer=score_layer,
+        w_rec=w_rec, w_patch=w_patch, w_cls=w_cls,
+        steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed,
+        precision=precision, accum_steps=accum_steps,
+        grad_checkpointing=opts.switch(grad_checkpointing, no_grad_checkpointing, "grad-checkpointing"),
+        compile=opts.switch(compile, no_compile, "compile"),
+        log_every=log_every, save_every=save_every,
+    )
     if resume is not None:
         fixed = (teacher, pretrained, student, config, local_crops, local_size, epochs)
-        model_cfg, train_cfg, settings = opts.resume_configs(
+        model_cfg, train_cfg, settings = resume_configs(
             resume, given, other_options=no_reconstruct or any(x is not None for x in fixed))
         if settings.get("command") != "distill":
-            from detailclip_cli.core.config import ConfigError
-
             raise ConfigError(f"{resume} is not a distill run (resume it with detailclip {settings.get('command', 'pretrain')})")
         data, out_dir = settings["data"], resume
         teacher, pretrained = settings.get("teacher"), settings.get("pretrained")
         local_crops, local_size = settings.get("local_crops", 0), settings.get("local_size")
         settings = {k: v for k, v in settings.items() if k in ("student",)}
     else:
-        model_cfg, train_cfg = opts.new_configs(
+        model_cfg, train_cfg = new_configs(
             student, config, given, epochs=epochs, preset_option="--student",
-            count_samples=lambda: opts.epoch_samples(data, samples_per_epoch=samples_per_epoch, images_only=True))
+            count_samples=lambda: epoch_samples(data, samples_per_epoch=samples_per_epoch, images_only=True))
         if no_reconstruct:
             model_cfg.decoder = None
-        out_dir = out or opts.default_run_dir("distill")
+        out_dir = out or default_run_dir("distill")
         settings = {"student": student or ("tiny" if config is None else None)}
 
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
@@ -118,9 +148,10 @@ def distill(
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, teacher: str | None,
         pretrained: str | None, local_crops: int, local_size: int | None, settings: dict) -> None:
     """Set the distillation up in the core, say what it does, and draw its progress on stderr."""
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.training.distill import distill as core_distill
 
-    console = opts.err_console()
+    console = err_console()
     steps = core_distill(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, teacher=teacher,
                          pretrained=pretrained, local_crops=local_crops, local_size=local_size, resume=resume,
                          settings=settings)
@@ -134,10 +165,10 @@ def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool,
                 f"the student's {counts['student'] / 1e6:.2f}M")
         show = ("spread", "teacher_spread")
     mechanisms = [
-        opts.removal_summary(c),
+        removal_summary(c),
         "reconstruct=" + ("on" if model_cfg.decoder else "off"),
         f"local crops={local_crops}",
     ]
     console.print(f"[bold]detailclip distill[/bold] -> {out_dir}  ({mode}; {', '.join(mechanisms)})",
                   highlight=False, soft_wrap=True)
-    opts.drive(steps, console=console, total=c.steps, out_dir=out_dir, show=show)
+    drive(steps, console=console, total=c.steps, out_dir=out_dir, show=show)

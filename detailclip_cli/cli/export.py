@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from detailclip_cli.cli._use import PretrainedOpt, one_line, say
-
-
-class ExportFormat(str, Enum):
-    open_clip = "open_clip"
-    timm = "timm"
-
-
-class WhichWeights(str, Enum):
-    student = "student"
-    teacher = "teacher"
+from detailclip_cli.cli import options as opts
+from detailclip_cli.cli.console import err_console, one_line, say
+from detailclip_cli.core.choices import ExportFormat, ExportWeights
+from detailclip_cli.core.store.shipped import model_name
 
 
 def export(
-    model: Annotated[Optional[str], typer.Argument(
-        help="A run folder, a model folder, or open_clip:NAME (default: the shipped model).",
-        show_default=False)] = None,
-    to: Annotated[ExportFormat, typer.Option("--to", help="open_clip (image + text towers) or timm (the image "
-                                             "tower as a VisionTransformer).", show_default=False)] = ...,
-    out: Annotated[Path, typer.Option("--out", help="Folder to write (new or empty).", show_default=False)] = ...,
-    weights: Annotated[WhichWeights, typer.Option("--weights", help="student, or the EMA teacher of a run "
-                                                  "folder.")] = WhichWeights.student,
-    pretrained: PretrainedOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out: the export's two files "
-                                        "are replaced, nothing else there is touched.")] = False,
+    model: opts.ModelArg = None,
+    to: Annotated[ExportFormat, typer.Option(
+        "--to", rich_help_panel=opts.OUTPUT, show_default=False,
+        help="open_clip (image + text towers) or timm (the image tower as a VisionTransformer).")] = ...,
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", rich_help_panel=opts.OUTPUT, show_default=False, help="Folder to write (new or empty).")] = ...,
+    weights: Annotated[ExportWeights, typer.Option(
+        "--weights", rich_help_panel=opts.MODEL,
+        help="student, or the EMA teacher of a run folder.")] = ExportWeights.student,
+    pretrained: opts.PretrainedOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", metavar="", rich_help_panel=opts.OUTPUT,
+        help="Write into a non-empty --out: the export's two files are replaced, nothing else there is "
+        "touched.")] = False,
 ) -> None:
     """Export a model to open_clip or timm; the written copy is loaded back and checked.
 
@@ -50,12 +45,14 @@ def export(
 
       detailclip export runs/demo --to timm --weights teacher --out exports/demo-timm
     """
-    from detailclip_cli.cli._common import err_console
-    from detailclip_cli.core.store.export import export_model
+    # imported on use, not at the top: --help must not load torch (start-up time)
+    from detailclip_cli.core.store.export import (
+        export_model,  # torch: only when the command runs
+    )
 
     console = err_console()
     done = export_model(model, to=to.value, out=out, weights=weights.value, pretrained=pretrained, force=force)
-    name = model or "assets/detailclip-tiny"
+    name = model_name(model)
     say(console, f"wrote {to.value} export of {one_line(name)} ({weights.value} weights): "
                  + ", ".join(one_line(f) for f in done.files))
     say(console, f"checked: loaded back with {to.value}, max abs difference {done.max_abs_diff:.2g}")

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from detailclip_cli.cli._use import OutputOpt, PretrainedOpt, TableOrJson, print_tables, write_json
+from detailclip_cli.cli import options as opts
+from detailclip_cli.cli.output import TableOrJson, print_tables, write_json
 
 
 def info(
-    model: Annotated[Optional[str], typer.Argument(
-        help="A run folder, a model folder, or open_clip:NAME (default: the shipped model).",
-        show_default=False)] = None,
-    pretrained: PretrainedOpt = None,
-    fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="table for people, json for scripts.")] = TableOrJson.table,
-    output: OutputOpt = None,
+    model: opts.ModelArg = None,
+    pretrained: opts.PretrainedOpt = None,
+    fmt: Annotated[TableOrJson, typer.Option(
+        "--format", "-f", rich_help_panel=opts.OUTPUT, help="table for people, json for scripts.")] = TableOrJson.table,
+    output: opts.OutputOpt = None,
 ) -> None:
     """Describe a model: architecture, parameters per part, training settings, provenance.
 
@@ -25,6 +25,7 @@ def info(
 
       detailclip info open_clip:ViT-B-32 --pretrained ./vit-b-32.pt --format json
     """
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.store.info import model_info
 
     record = model_info(model, pretrained=pretrained)
@@ -49,6 +50,7 @@ def _tables(record: dict) -> list:
     v, t = arch["vision"], arch["text"]
     rows = [
         ("model", f"{record['model']} ({record['kind']})"),
+        ("detailclip", record["detailclip_version"]),
         ("image tower", f"ViT {v['depth']} x {v['width']} ({v['heads']} heads), {v['image_size']} px, "
                         f"patch {v['patch_size']}, {v.get('stem', 'patch')} stem"),
         ("text tower", f"{t['layers']} x {t['width']} ({t['heads']} heads), context {t['context_length']}, "

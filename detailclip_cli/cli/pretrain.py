@@ -7,46 +7,72 @@ from typing import Annotated, Optional
 
 import typer
 
-from detailclip_cli.cli import _common as opts
+from detailclip_cli.cli import options as opts
+from detailclip_cli.cli.console import drive, err_console, removal_summary
+from detailclip_cli.cli.output import default_run_dir
+from detailclip_cli.errors import UsageError
 
 
 def pretrain(
+    # -- data
     data: opts.DataOpt = "demo",
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Model and training preset: tiny, small or base (default tiny).")] = None,
+    samples_per_epoch: opts.SamplesPerEpochOpt = None,
+    max_bad_fraction: opts.MaxBadOpt = None,
+    workers: opts.WorkersOpt = None,
+    # -- model
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", metavar="NAME", rich_help_panel=opts.MODEL, help=opts.preset_help("Model and training preset"))] = None,
     config: opts.ConfigOpt = None,
-    out: opts.OutOpt = None,
+    init: Annotated[Optional[str], typer.Option(
+        "--init", metavar="MODEL", rich_help_panel=opts.MODEL, show_default=False,
+        help="Start the towers, image projection and logit scale from this model (its architecture replaces "
+        "the preset's; decoder and head start fresh): open_clip:NAME with --pretrained (plain ViT CLIP "
+        "architectures, e.g. ViT-B-32, ViT-B-16), a run folder or a saved model.")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        "--pretrained", metavar="TAG", rich_help_panel=opts.MODEL, show_default=False,
+        help="With --init open_clip:NAME: an open_clip pretrained tag or a local weights file.")] = None,
+    lock_text: Annotated[bool, typer.Option(
+        "--lock-text", metavar="", rich_help_panel=opts.MODEL,
+        help="Freeze the text tower (LiT): it gets no gradient and no update, and stays as --init gave it.")] = False,
+    # -- method
+    removal: opts.RemovalOpt = None,
+    keep_ratio: opts.KeepOpt = None,
+    block_size: opts.BlockOpt = None,
+    score_layer: opts.ScoreLayerOpt = None,
+    no_distill: Annotated[bool, typer.Option(
+        "--no-distill", metavar="", rich_help_panel=opts.METHOD,
+        help="Switch off patch/[CLS] self-distillation (no head).")] = False,
+    no_reconstruct: opts.NoReconstructOpt = False,
+    w_clip: Annotated[Optional[float], typer.Option(
+        "--w-clip", metavar="F", rich_help_panel=opts.METHOD, help="Weight of the CLIP loss.")] = None,
+    w_rec: opts.WRecOpt = None,
+    w_patch: opts.WPatchOpt = None,
+    w_cls: opts.WClsOpt = None,
+    # -- optimisation
     steps: opts.StepsOpt = None,
     epochs: opts.EpochsOpt = None,
     batch_size: opts.TrainBatchOpt = None,
     lr: opts.LrOpt = None,
     weight_decay: opts.WeightDecayOpt = None,
     warmup_steps: opts.WarmupOpt = None,
-    keep_ratio: opts.KeepOpt = None,
-    removal: opts.RemovalOpt = None,
-    block_size: opts.BlockOpt = None,
-    score_layer: opts.ScoreLayerOpt = None,
-    no_distill: Annotated[bool, typer.Option("--no-distill", help="Switch off patch/[CLS] self-distillation (no head).")] = False,
-    no_reconstruct: opts.NoReconstructOpt = False,
-    w_clip: Annotated[Optional[float], typer.Option("--w-clip", help="Weight of the CLIP loss.")] = None,
-    w_rec: opts.WRecOpt = None,
-    w_patch: opts.WPatchOpt = None,
-    w_cls: opts.WClsOpt = None,
     seed: opts.SeedOpt = None,
+    # -- scale
     device: opts.DeviceOpt = "auto",
-    workers: opts.WorkersOpt = None,
-    log_every: opts.LogEveryOpt = None,
-    save_every: opts.SaveEveryOpt = None,
-    max_bad_fraction: opts.MaxBadOpt = None,
-    compile: opts.CompileOpt = None,
     precision: opts.PrecisionOpt = None,
-    samples_per_epoch: opts.SamplesPerEpochOpt = None,
     accum_steps: opts.AccumOpt = None,
     grad_checkpointing: opts.GradCkptOpt = None,
+    no_grad_checkpointing: opts.NoGradCkptOpt = False,
+    compile: opts.CompileOpt = None,
+    no_compile: opts.NoCompileOpt = False,
+    # -- output
+    out: opts.OutOpt = None,
     resume: opts.ResumeOpt = None,
-    init: opts.InitOpt = None,
-    pretrained: opts.InitPretrainedOpt = None,
-    lock_text: opts.LockTextOpt = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print parameter counts, FLOPs per step and the peak memory of one step, then stop (nothing is written).")] = False,
+    log_every: opts.LogEveryOpt = None,
+    save_every: opts.SaveEveryOpt = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", metavar="", rich_help_panel=opts.OUTPUT,
+        help="Print parameter counts, FLOPs per step and the peak memory of one step, then stop (nothing is "
+        "written).")] = False,
 ) -> None:
     """Pretrain DetailCLIP on image-caption data; writes a run folder.
 
@@ -64,30 +90,46 @@ def pretrain(
 
       torchrun --nproc_per_node 4 -m detailclip_cli pretrain --preset small --batch-size 1024 --accum-steps 2
     """
-    given = opts.given_overrides(locals())
+    # The core loads only when a command runs, so --help stays fast.
+    from detailclip_cli.core.training.settings import (
+        epoch_samples,
+        new_configs,
+        overrides,
+        resume_configs,
+    )
+
+    given = overrides(
+        samples_per_epoch=samples_per_epoch, max_bad_fraction=max_bad_fraction, workers=workers,
+        removal=removal, keep_ratio=keep_ratio, block_size=block_size, score_layer=score_layer,
+        w_clip=w_clip, w_rec=w_rec, w_patch=w_patch, w_cls=w_cls,
+        steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed,
+        precision=precision, accum_steps=accum_steps,
+        grad_checkpointing=opts.switch(grad_checkpointing, no_grad_checkpointing, "grad-checkpointing"),
+        compile=opts.switch(compile, no_compile, "compile"),
+        log_every=log_every, save_every=save_every,
+    )
     if resume is not None:
-        model_cfg, train_cfg, settings = opts.resume_configs(
+        model_cfg, train_cfg, settings = resume_configs(
             resume, given, other_options=bool(preset or config or no_distill or no_reconstruct or epochs
                                               or init or pretrained or lock_text))
         data, out_dir = settings["data"], resume
         lock_text, init_model = bool(settings.get("lock_text", False)), None  # the weights come from the checkpoint
         settings = {k: v for k, v in settings.items() if k in ("preset",)}
     else:
-        model_cfg, train_cfg = opts.new_configs(preset, config, given, epochs=epochs,
-                                                count_samples=lambda: opts.epoch_samples(data, samples_per_epoch=samples_per_epoch))
+        model_cfg, train_cfg = new_configs(preset, config, given, epochs=epochs,
+                                           count_samples=lambda: epoch_samples(data, samples_per_epoch=samples_per_epoch))
         if no_distill:
             model_cfg.head = None
         if no_reconstruct:
             model_cfg.decoder = None
-        out_dir = out or opts.default_run_dir("pretrain")
+        out_dir = out or default_run_dir("pretrain")
         init_model = None
         if init is not None:
+            # imported on use, not at the top: --help must not load torch (start-up time)
             from detailclip_cli.core.store.init_weights import load_init
 
             model_cfg, init_model = load_init(init, pretrained, model_cfg)
         elif pretrained is not None:
-            from detailclip_cli.errors import UsageError
-
             raise UsageError("--pretrained goes with --init open_clip:NAME")
         settings = {"preset": preset or ("tiny" if config is None else None), "command": "pretrain",
                     "init": init, "init_pretrained": pretrained, "lock_text": lock_text}
@@ -103,13 +145,14 @@ def report_dry_run(model_cfg, train_cfg, device: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from detailclip_cli.tools.bench import dry_run_in_subprocess
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.device import resolve_device
+    from detailclip_cli.tools.costs import dry_run_in_subprocess
 
-    console = opts.err_console()
+    console = err_console()
     console.print("dry run: one step on random inputs in a fresh process ...", markup=False)
     record = dry_run_in_subprocess(model_cfg, train_cfg, resolve_device(device))
-    table = Table(title=f"pretrain --dry-run ({opts.removal_summary(train_cfg)}, batch {record['batch_size']})",
+    table = Table(title=f"pretrain --dry-run ({removal_summary(train_cfg)}, batch {record['batch_size']})",
                   title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -124,17 +167,18 @@ def report_dry_run(model_cfg, train_cfg, device: str) -> None:
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, settings: dict,
         init=None, lock_text: bool = False) -> None:
     """Drive the core training loop and draw its progress on stderr."""
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.training.pretrain import train
 
-    console = opts.err_console()
+    console = err_console()
     steps = train(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, resume=resume, settings=settings,
                   init=init, lock_text=lock_text)
     mechanisms = [
-        opts.removal_summary(train_cfg),
+        removal_summary(train_cfg),
         "distill=" + ("on" if model_cfg.head else "off"),
         "reconstruct=" + ("on" if model_cfg.decoder else "off"),
         *([f"init={settings['init']}"] if settings.get("init") else []),
         *(["text=locked"] if lock_text else []),
     ]
     console.print(f"[bold]detailclip pretrain[/bold] -> {out_dir}  ({', '.join(mechanisms)})")
-    opts.drive(steps, console=console, total=train_cfg.steps, out_dir=out_dir)
+    drive(steps, console=console, total=train_cfg.steps, out_dir=out_dir)

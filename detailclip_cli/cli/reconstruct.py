@@ -2,54 +2,54 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from detailclip_cli.cli._common import DeviceOpt, SeedOpt, err_console
-from detailclip_cli.cli._use import (
-    BatchSizeOpt,
-    BlockSizeOpt,
-    ImageFeed,
-    ImagesArg,
-    KeepRatioOpt,
-    LayerOpt,
-    ModelOpt,
-    OutputOpt,
-    PretrainedOpt,
+from detailclip_cli.cli import options as opts
+from detailclip_cli.cli.console import err_console, one_line
+from detailclip_cli.cli.inputs import ImageFeed, gather_images, load_model, run_defaults
+from detailclip_cli.cli.output import (
     TableOrJson,
     finish,
-    gather_images,
-    load_model,
-    one_line,
     print_tables,
-    run_defaults,
     unique_name,
     write_json,
 )
+from detailclip_cli.core.choices import PROBE_REMOVALS, Removal
+from detailclip_cli.errors import UsageError
+from detailclip_cli.core.store.shipped import model_name
 
-
-class Strategy(str, Enum):
-    attention = "attention"
-    random = "random"
+# --removal offers the removal a probe can show; the choices are read from the core.
+ProbeRemoval = Optional[Literal[PROBE_REMOVALS]]  # type: ignore[valid-type]
 
 
 def reconstruct(
-    images: ImagesArg = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    strategy: Annotated[Strategy, typer.Option("--strategy", help="Which patches to remove: attention (the model's own [CLS] scores keep the most-attended) or random (seeded).")] = Strategy.attention,
-    keep_ratio: KeepRatioOpt = 0.5,
-    block_size: BlockSizeOpt = None,
-    layer: LayerOpt = None,
-    seed: SeedOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the four-panel PNGs (one <name>.recon.png per image).")] = Path("reconstructions"),
-    fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="table for people, or one json document.")] = TableOrJson.table,
-    output: OutputOpt = None,
-    batch_size: BatchSizeOpt = 32,
-    device: DeviceOpt = "auto",
+    images: opts.ImagesArg = None,
+    model: opts.ModelOpt = None,
+    pretrained: opts.PretrainedOpt = None,
+    removal: Annotated[ProbeRemoval, typer.Option(
+        "--removal", rich_help_panel=opts.METHOD, show_default=False,
+        help="Which patches to remove: attention (the model's own [CLS] scores keep the most-attended, the "
+        "default) or random (seeded).")] = None,
+    # The name this option had before it was --removal, as on pretrain; kept so scripts still work.
+    strategy: Annotated[ProbeRemoval, typer.Option("--strategy", hidden=True)] = None,
+    keep_ratio: opts.KeepRatioOpt = 0.5,
+    block_size: opts.BlockSizeOpt = None,
+    layer: opts.LayerOpt = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", metavar="N", rich_help_panel=opts.METHOD, show_default=False,
+        help="Seed of --removal random (default 0).")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", rich_help_panel=opts.OUTPUT,
+        help="Folder for the four-panel PNGs (one <name>.recon.png per image).")] = Path("reconstructions"),
+    fmt: Annotated[TableOrJson, typer.Option(
+        "--format", "-f", rich_help_panel=opts.OUTPUT,
+        help="table for people, or one json document.")] = TableOrJson.table,
+    output: opts.OutputOpt = None,
+    batch_size: opts.BatchSizeOpt = 32,
+    device: opts.DeviceOpt = "auto",
 ) -> None:
     """Reconstruct removed patches with the model's pixel decoder.
 
@@ -62,14 +62,20 @@ def reconstruct(
 
       detailclip reconstruct photo.jpg --model runs/demo --out recon/
 
-      detailclip reconstruct imgs/ --strategy random --seed 1 --keep-ratio 0.25 --format json
+      detailclip reconstruct imgs/ --removal random --seed 1 --keep-ratio 0.25 --format json
     """
     import torch
 
+    # imported on use, not at the top: --help must not load matplotlib (start-up time)
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.store.lookup import has_decoder, run_train_settings
-    from detailclip_cli.core.use.probes import NoDecoderError, check_removal, reconstruct as reconstruct_images
+    from detailclip_cli.core.use.probes import NoDecoderError, check_removal
+    from detailclip_cli.core.use.probes import reconstruct as reconstruct_images
     from detailclip_cli.plots import RECONSTRUCTION_CAPTION, reconstruction_figure
 
+    if removal is not None and strategy is not None and removal != strategy:
+        raise UsageError("give --removal or its old name --strategy, not both")
+    removal = Removal(removal or strategy or Removal.attention)
     console = err_console()
     # Before reading any image: a model without a decoder fails fast, from its config alone.
     if not has_decoder(model):
@@ -93,13 +99,13 @@ def reconstruct(
     out.mkdir(parents=True, exist_ok=True)
     feed = ImageFeed(net, paths, batch_size=batch_size, console=console, description="reconstruct")
     for batch in feed:
-        rec = reconstruct_images(net, batch.images, strategy=strategy.value, keep_ratio=keep_ratio,
+        rec = reconstruct_images(net, batch.images, removal=removal.value, keep_ratio=keep_ratio,
                                     block_size=block_size, layer=layer, generator=generator, norm_pix=norm_pix)
         for i, path in enumerate(batch.paths):
             mse, psnr = float(rec.mse[i]), float(rec.psnr[i])
             fig = reconstruction_figure(
-                rec.original[i].cpu(), rec.kept[i].cpu(), rec.recon[i].cpu(), rec.pasted[i].cpu(),
-                title=f"{one_line(path.name)}  ({strategy.value}, keep {keep_ratio:g}, block {block_size})",
+                rec.original[i].cpu(), rec.kept[i].cpu(), rec.pred[i].cpu(), rec.pasted[i].cpu(),
+                title=f"{one_line(path.name)}  ({removal.value}, keep {keep_ratio:g}, block {block_size})",
                 mse=mse, psnr=psnr, caption=caption,
             )
             target = out / unique_name(path, ".recon.png", used)
@@ -113,9 +119,9 @@ def reconstruct(
         return round(sum(r[key] for r in records) / len(records), digits) if records else None
 
     document = {
-        "model": model or "assets/detailclip-tiny", "strategy": strategy.value, "keep_ratio": keep_ratio,
-        "block_size": block_size, "seed": seed if strategy == Strategy.random else None,
-        "layer": layer if strategy == Strategy.attention else None, "norm_pix": norm_pix,
+        "model": model_name(model), "strategy": removal.value, "keep_ratio": keep_ratio,
+        "block_size": block_size, "seed": seed if removal == Removal.random else None,
+        "layer": layer if removal == Removal.attention else None, "norm_pix": norm_pix,
         "mean_mse": mean("mse", 6), "mean_psnr": mean("psnr", 3),
         "images": records,
     }
@@ -124,7 +130,7 @@ def reconstruct(
     else:
         from rich.table import Table
 
-        table = Table(title=f"reconstruction ({strategy.value}, keep {keep_ratio:g}, block {block_size})",
+        table = Table(title=f"reconstruction ({removal.value}, keep {keep_ratio:g}, block {block_size})",
                       title_justify="left")
         table.add_column("image", overflow="fold")
         table.add_column("removed", justify="right")

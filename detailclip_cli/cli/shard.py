@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detailclip_cli.cli._common import err_console
-from detailclip_cli.cli._use import one_line, progress_bar, say
+from detailclip_cli.cli.console import err_console, one_line, progress_bar, say
 from detailclip_cli.errors import WorkFailedError
 
 
@@ -33,8 +32,8 @@ def shard(
 
       detailclip pretrain --data 'shards/{000000..000009}.tar' --samples-per-epoch 100000
     """
-    from detailclip_cli.core.data import read_samples
-    from detailclip_cli.core.data.shards import write_shards
+    # imported on use, not at the top: --help must not load torch (start-up time)
+    from detailclip_cli.core.data import read_samples, write_shards
 
     console = err_console()
     samples = read_samples(data, split=split)

@@ -7,44 +7,52 @@ from typing import Annotated, Optional
 
 import typer
 
-from detailclip_cli.cli._common import DeviceOpt, OutOpt, err_console
-from detailclip_cli.cli._use import (
-    BatchSizeOpt,
-    ImageFeed,
-    ImagesArg,
-    ModelOpt,
-    OutputOpt,
-    PretrainedOpt,
+from detailclip_cli.cli import options as opts
+from detailclip_cli.cli.console import err_console, progress_bar, say
+from detailclip_cli.cli.inputs import ImageFeed, gather_images, load_model
+from detailclip_cli.cli.output import (
     ResultFormat,
     finish,
-    gather_images,
-    load_model,
     print_tables,
-    progress_bar,
-    say,
     write_csv,
     write_json,
     write_jsonl,
 )
 from detailclip_cli.errors import UsageError
+from detailclip_cli.core.store.shipped import model_name
 
 TABLE_TOP_K = 5  # ranked labels shown per image in a table or CSV unless --top-k says otherwise
 
 
 def zero_shot(
-    images: ImagesArg = None,
-    labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. \"cat,dog,bird\".", show_default=False)] = None,
-    labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="A file with one label per line.", show_default=False)] = None,
-    templates: Annotated[Optional[str], typer.Option("--templates", help="Prompt templates: default, demo (the default for --eval demo), openai_imagenet, simple_imagenet, or a file with one template per line containing {}.", show_default=False)] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="Ranked labels per image (default: 5 in tables and CSV, all labels in JSON).", show_default=False)] = None,
-    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Evaluate on a labelled set instead: a folder of class sub-folders (its val/ split when present) or 'demo'.", show_default=False)] = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    fmt: Annotated[ResultFormat, typer.Option("--format", "-f", help="table for people; json (one document), jsonl (one object per image) or csv (--eval: table or json).")] = ResultFormat.table,
-    output: OutputOpt = None,
-    out: OutOpt = None,
-    batch_size: BatchSizeOpt = 32,
-    device: DeviceOpt = "auto",
+    images: opts.ImagesArg = None,
+    labels: Annotated[Optional[str], typer.Option(
+        "--labels", "-l", metavar="A,B,C", rich_help_panel=opts.LABELS, show_default=False,
+        help="Comma-separated labels, e.g. \"cat,dog,bird\".")] = None,
+    labels_file: Annotated[Optional[Path], typer.Option(
+        "--labels-file", metavar="FILE", rich_help_panel=opts.LABELS, show_default=False, help="A file with one label per line.")] = None,
+    templates: Annotated[Optional[str], typer.Option(
+        "--templates", metavar="NAME", rich_help_panel=opts.LABELS, show_default=False,
+        help="Prompt templates: default, demo (the default for --eval demo), openai_imagenet, simple_imagenet, "
+        "or a file with one template per line containing {}.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(
+        "--eval", metavar="PATH", rich_help_panel=opts.DATA, show_default=False,
+        help="Evaluate on a labelled set instead: a folder of class sub-folders (its val/ split when present) "
+        "or 'demo'.")] = None,
+    model: opts.ModelOpt = None,
+    pretrained: opts.PretrainedOpt = None,
+    top_k: Annotated[Optional[int], typer.Option(
+        "--top-k", "-k", metavar="N", min=1, rich_help_panel=opts.OUTPUT, show_default=False,
+        help="Ranked labels per image (default: 5 in tables and CSV, all labels in JSON).")] = None,
+    fmt: Annotated[ResultFormat, typer.Option(
+        "--format", "-f", rich_help_panel=opts.OUTPUT,
+        help="table for people; json (one document), jsonl (one object per image) or csv (--eval: table or "
+        "json).")] = ResultFormat.table,
+    output: opts.OutputOpt = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="DIR", rich_help_panel=opts.OUTPUT, help="With --eval: the folder for the confusion-matrix PNG.")] = None,
+    batch_size: opts.BatchSizeOpt = 32,
+    device: opts.DeviceOpt = "auto",
 ) -> None:
     """Zero-shot classification: rank text labels for each image.
 
@@ -73,8 +81,9 @@ def zero_shot(
                  output=output, out=out, batch_size=batch_size, device=device, console=console)
         return
 
-    from detailclip_cli.core.use.zeroshot import build_classifier, classify
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.use.templates import resolve_templates
+    from detailclip_cli.core.use.zeroshot import build_classifier, classify
 
     label_list = read_labels(labels, labels_file)
     template_list = resolve_templates(templates)
@@ -103,6 +112,7 @@ def zero_shot(
 
 
 def read_labels(labels: str | None, labels_file: Path | None) -> list[str]:
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.use.templates import parse_labels
 
     if labels is None and labels_file is None:
@@ -143,8 +153,9 @@ def emit(records: list[dict], fmt: ResultFormat, output: Path | None) -> None:
 
 def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch_size, device, console) -> None:
     """``--eval``: zero-shot metrics on a labelled set and a confusion-matrix picture."""
-    from detailclip_cli.core.use.zeroshot import eval_samples, evaluate_zero_shot
+    # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.use.templates import resolve_templates
+    from detailclip_cli.core.use.zeroshot import eval_samples, evaluate_zero_shot
 
     samples, classes = eval_samples(data)
     template_list = resolve_templates(templates, data=data)
@@ -160,6 +171,7 @@ def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch
     elif output is not None:
         picture = output.with_name(output.stem + ".confusion.png")
     if picture is not None:
+        # imported on use, not at the top: --help must not load matplotlib (start-up time)
         from detailclip_cli.plots import confusion_figure
 
         picture.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +181,7 @@ def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch
     else:
         say(console, "(add --out DIR to save the confusion-matrix picture)", style="dim")
 
-    document = {"model": model or "assets/detailclip-tiny", "data": data, **report.to_dict(),
+    document = {"model": model_name(model), "data": data, **report.to_dict(),
                 "confusion_png": str(picture) if picture else None}
     if fmt == ResultFormat.json:
         write_json(document, output)

@@ -14,6 +14,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from detailclip_cli.core.choices import (
+    Activation,
+    Precision,
+    Removal,
+    ScoreLayer,
+    Stem,
+    is_score_layer,
+    one_of,
+)
 from detailclip_cli.errors import UsageError
 
 CONFIG_VERSION = 1
@@ -42,14 +51,14 @@ class VisionConfig:
     # Layout knobs so CLIP-style towers (open_clip, OpenAI) map onto this ViT exactly.
     pre_norm: bool = False  # a LayerNorm on the token sequence before the first block (CLIP's ln_pre)
     norm_eps: float = 1e-6
-    act: str = "gelu"  # gelu | quick_gelu
+    act: str = Activation.gelu.value  # an Activation
     patch_bias: bool = True
     # "patch": one linear projection per patch (ViT, CLIP). "conv": a stack of stride-2 3x3
     # convolutions down to the patch grid (Xiao et al. 2021, "Early convolutions help
     # transformers see better"); it needs far less data to learn shapes, which is what a tiny
     # model trained for minutes on a CPU lacks. Each token then also sees a few pixels of its
     # neighbours (receptive field patch_size + 2 * (patch_size - 1)), before any removal.
-    stem: str = "patch"
+    stem: str = Stem.patch.value  # a Stem
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -70,7 +79,7 @@ class TextConfig:
     width: int = 512
     heads: int = 8
     layers: int = 12
-    act: str = "gelu"  # gelu | quick_gelu (OpenAI CLIP weights)
+    act: str = Activation.gelu.value  # an Activation (quick_gelu for OpenAI CLIP weights)
 
 
 @dataclass(kw_only=True)
@@ -127,9 +136,9 @@ class ModelConfig:
             raise ConfigError(
                 f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}"
             )
-        if v.stem not in ("patch", "conv"):
-            raise ConfigError(f"vision stem must be patch or conv, not {v.stem!r}")
-        if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):
+        if v.stem not in tuple(Stem):
+            raise ConfigError(f"vision stem must be {one_of(Stem)}, not {v.stem!r}")
+        if v.stem == Stem.conv and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):
             raise ConfigError(f"a conv stem needs a power-of-two patch_size, not {v.patch_size}")
         for name, width, heads in [
             ("vision", v.width, v.heads),
@@ -139,19 +148,19 @@ class ModelConfig:
             if width % heads:
                 raise ConfigError(f"{name} width {width} is not divisible by its {heads} heads")
         for name, act in [("vision", v.act), ("text", self.text.act)]:
-            if act not in ("gelu", "quick_gelu"):
-                raise ConfigError(f"{name} act must be gelu or quick_gelu, not {act!r}")
+            if act not in tuple(Activation):
+                raise ConfigError(f"{name} act must be {one_of(Activation)}, not {act!r}")
 
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """The objective's and the loop's settings (METHOD.md defaults unless a preset says otherwise)."""
+    """The objective's and the loop's settings (the DetailCLIP paper's defaults unless a preset says otherwise)."""
 
     # token removal
-    removal: str = "attention"  # attention | random | none
+    removal: str = Removal.attention.value  # a Removal
     keep_ratio: float = 0.5  # fraction of patch tokens the student KEEPS
     block_size: int = 2  # removal decides per block_size x block_size patch block
-    score_layer: str = "mean"  # mean | last | <layer index>: which teacher attention scores
+    score_layer: str = ScoreLayer.mean.value  # a ScoreLayer or a layer index: which teacher attention scores
     # loss weights
     w_clip: float = 1.0
     w_rec: float = 1.0
@@ -191,7 +200,7 @@ class TrainConfig:
     compile: bool = False
     # Autocast dtype: auto = bf16 on GPU, fp32 on CPU (where bf16/fp16 matmuls are far slower);
     # fp16 runs with a dynamic loss scaler.
-    precision: str = "auto"
+    precision: str = Precision.auto.value  # a Precision
     log_every: int = 10
     save_every: int = 200
 
@@ -205,8 +214,8 @@ class TrainConfig:
         return _build(cls, data, "train")
 
     def validate(self, model: ModelConfig | None = None) -> None:
-        if self.removal not in ("attention", "random", "none"):
-            raise ConfigError(f"removal must be attention, random or none, not {self.removal!r}")
+        if self.removal not in tuple(Removal):
+            raise ConfigError(f"removal must be {one_of(Removal)}, not {self.removal!r}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ConfigError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if self.block_size < 1:
@@ -219,17 +228,17 @@ class TrainConfig:
             raise ConfigError(f"batch_size {self.batch_size} does not split into {self.accum_steps} equal micro-batches")
         if self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.precision not in tuple(Precision):
+            raise ConfigError(f"precision must be {one_of(Precision)}, not {self.precision!r}")
         if self.samples_per_epoch < 0:
             raise ConfigError(f"samples_per_epoch must be at least 0, got {self.samples_per_epoch}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.score_layer not in ("mean", "last") and not str(self.score_layer).lstrip("-").isdigit():
-            raise ConfigError(f"score_layer must be mean, last or a layer index, not {self.score_layer!r}")
-        if model is not None and self.removal != "none":
+        if not is_score_layer(self.score_layer):
+            raise ConfigError(f"score_layer must be {', '.join(ScoreLayer)} or a layer index, not {self.score_layer!r}")
+        if model is not None and self.removal != Removal.none:
             gh, gw = model.vision.grid_size
             if gh % self.block_size or gw % self.block_size:
                 raise ConfigError(

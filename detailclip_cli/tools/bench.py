@@ -9,10 +9,11 @@ Sections (each can be switched on alone):
 
 - ``train``: a full training step (forward, loss check, backward, AdamW, EMA) of plain CLIP
   (removal none, no decoder, no head) and of DetailCLIP (the preset's defaults).
-- ``split``: one DetailCLIP step run stage by stage through the objective's own stage methods
-  (``teacher_pass``, ``remove``, ``forward_tokens``, ``decoder``, ``distill_losses``,
-  ``encode_text``), in the objective's order and shapes, with the device synchronised between
-  stages; their sum is compared with the full step.
+- ``split``: where a DetailCLIP step's time goes. The step runs as in ``train`` (the
+  objective's real forward and backward); the stages the objective marks in its forward
+  (:func:`~detailclip_cli.core.method.stages.stage`: teacher, student encoder, text tower,
+  decoder, heads and losses) and the step's own (loss check, backward, AdamW, EMA) each end
+  with the device synchronised and a stopwatch read; their sum is compared with the full step.
 - ``keep``: the student encoder's forward + backward at keep ratios 1.0, 0.5 and 0.25.
 - ``flops``: FLOPs of a step's forward + backward (``FlopCounterMode``), the achieved rate as a
   fraction of this machine's measured dense matmul rate (MFU), and the machinery overhead
@@ -30,7 +31,6 @@ Sections (each can be switched on alone):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 import subprocess
@@ -46,21 +46,18 @@ import torch
 
 from detailclip_cli.core.config import ConfigError, ModelConfig, TrainConfig, load_preset
 from detailclip_cli.core.device import resolve_device
-from detailclip_cli.core.method.losses import clip_loss, patchify, reconstruction_loss
-from detailclip_cli.core.method.objective import NUM_VIEWS, DetailCLIPObjective
-from detailclip_cli.core.model.detailclip import DetailCLIP
+from detailclip_cli.core.method import stages
 from detailclip_cli.core.model.removal import num_kept, random_scores, remove_tokens
-from detailclip_cli.core.training.optim import build_optimizer, lr_at
+from detailclip_cli.tools.costs import (STEP_STAGES, TrainStep, count_flops, matmul_gflops, median_seconds,
+                                        round_sig, step_memory_in_subprocess, synchronize, variant_configs)
 
 SECTIONS = ("train", "split", "keep", "flops", "scores", "data", "inference", "startup", "memory")
 KEEP_RATIOS = (1.0, 0.5, 0.25)
 LOADER_WORKERS = (0, 1, 2)
-# The stages of a DetailCLIP step, in the order the objective runs them.
-STAGES = ("teacher", "student_encoder", "text_tower", "decoder", "heads_losses", "loss_check",
-          "backward", "optimizer", "ema")
+# The stages of a DetailCLIP step: the objective's marked ones, then the step's own.
+STAGES = stages.STAGES + STEP_STAGES
 CPU_BATCH_SIZE = 8  # default batch on CPU; on CUDA the preset's own batch
 LOADER_MIN_IMAGES = 64  # images per timed data-loader window
-MIB = 2 ** 20
 
 # The issue's targets: name -> (where in the record, comparison, bound, what it means).
 TARGETS = {
@@ -124,26 +121,6 @@ class BenchConfig:
 # -- timing --------------------------------------------------------------------------------------
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so wall-clock time covers it (a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], Any], *, repeats: int, warmup: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 class Laps:
     """A stopwatch that adds the time since the previous lap to a named stage."""
 
@@ -163,193 +140,17 @@ class Laps:
         self._last = now
 
 
-# -- FLOP counting -------------------------------------------------------------------------------
+def staged_step(step: TrainStep) -> tuple[dict[str, float], float]:
+    """One step of ``step`` (the objective's real forward and backward), timed stage by stage.
 
-
-def _attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-    """Forward attention as two batched matmuls: QK^T and AV, (B, H, N, d) each."""
-    b, h, n_q, d = query_shape
-    n_k, d_v = key_shape[2], value_shape[3]
-    return 2 * b * h * n_q * n_k * (d + d_v)
-
-
-def _attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-    """Backward as torch counts it for the CUDA kernels: five matmuls (scores recomputed)."""
-    b, h, n_q, d = query_shape
-    n_k, d_v = key_shape[2], value_shape[3]
-    return 2 * b * h * n_q * n_k * (2 * d + 3 * d_v)
-
-
-def _cpu_attention_formulas() -> dict:
-    """FlopCounterMode counts the CUDA attention kernels but not the CPU flash kernel; add it."""
-    aten = torch.ops.aten
-    formulas = {}
-    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _attention_flops),
-                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _attention_backward_flops)):
-        if hasattr(aten, name):
-            formulas[getattr(aten, name)] = formula
-    return formulas
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of the matmuls, convolutions and attention ``fn()`` runs (a multiply-add is 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def matmul_gflops(device: torch.device, size: int, dtype: torch.dtype, *, repeats: int, warmup: int) -> float:
-    """This machine's dense matmul rate: GFLOP/s of ``(size, size) @ (size, size)`` in ``dtype``."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=g).to(device, dtype)
-    b = torch.randn(size, size, generator=g).to(device, dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-    seconds = median_seconds(lambda: torch.mm(a, b, out=out), repeats=repeats, warmup=max(1, warmup), device=device)
-    return 2 * size ** 3 / seconds / 1e9
-
-
-# -- the training step ---------------------------------------------------------------------------
-
-
-def variant_configs(preset: str, variant: str) -> tuple[ModelConfig, TrainConfig]:
-    """The preset as DetailCLIP (``detailclip``: its defaults) or as plain CLIP (``clip``)."""
-    model_cfg, train_cfg = load_preset(preset)
-    if variant == "clip":
-        model_cfg = dataclasses.replace(model_cfg, decoder=None, head=None)
-        train_cfg = dataclasses.replace(train_cfg, removal="none")
-    elif variant != "detailclip":
-        raise ValueError(f"variant must be clip or detailclip, not {variant!r}")
-    return model_cfg, train_cfg
-
-
-class TrainStep:
-    """One training step on fixed random inputs, as the training loop runs it.
-
-    Calling the object runs a step: forward under the loop's autocast (bf16 on CUDA only),
-    the finiteness check of every loss, backward, AdamW, the teacher's EMA update.
-
-    Args:
-        model_cfg: the model to build.
-        train_cfg: the objective's settings.
-        batch_size: B; the inputs are two (B, 3, H, W) views and (B, T) token ids.
-        device: where it runs.
-        seed: seed of the weights and inputs.
+    Returns:
+        seconds per stage (the keys of :data:`STAGES` that ran, in the order they first ended),
+        and the step's total loss.
     """
-
-    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, *, batch_size: int,
-                 device: torch.device, seed: int = 0):
-        torch.manual_seed(seed)
-        self.device = device
-        self.cfg = train_cfg
-        self.model = DetailCLIP(model_cfg)
-        self.objective = DetailCLIPObjective(self.model, train_cfg).to(device)
-        self.objective.train()
-        self.optimizer = build_optimizer(self.objective, train_cfg)
-        v, t = model_cfg.vision, model_cfg.text
-        g = torch.Generator().manual_seed(seed)
-        shape = (batch_size, 3, v.image_size, v.image_size)
-        self.view1 = torch.randn(shape, generator=g).to(device)
-        self.view2 = torch.randn(shape, generator=g).to(device)
-        self.text = torch.randint(0, t.vocab_size, (batch_size, t.context_length), generator=g).to(device)
-        self.step = 0
-
-    @property
-    def images(self) -> torch.Tensor:
-        """Both views as one batch, (VB, 3, H, W), as the objective sees them."""
-        return torch.cat([self.view1, self.view2])
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
-    def _set_lr(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.cfg)
-
-    def forward_backward(self) -> dict[str, torch.Tensor]:
-        """The objective's forward and the backward of its total loss; returns the losses."""
-        with self.autocast():
-            losses = self.objective(self.view1, self.view2, self.text, step=self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        return losses
-
-    def __call__(self) -> None:
-        self._set_lr()
-        with self.autocast():
-            losses = self.objective(self.view1, self.view2, self.text, step=self.step)
-        _check_finite(losses)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self._clip_and_step()
-        self.objective.update_teacher(self.step)
-        self.step += 1
-
-    def _clip_and_step(self) -> None:
-        if self.cfg.grad_clip > 0:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        self.optimizer.step()
-
-    def staged(self) -> tuple[dict[str, float], float]:
-        """One step run stage by stage through the objective's stage methods, timing each.
-
-        The stages are called in the order and with the shapes of ``DetailCLIPObjective.forward``
-        (which they must mirror: a test compares the losses), with the device synchronised
-        between them.
-
-        Returns:
-            seconds per stage (keys of :data:`STAGES` that ran), and the total loss.
-        """
-        obj, model, c = self.objective, self.model, self.cfg
-        laps = Laps(self.device)
-        self._set_lr()
-        laps.start()
-        with self.autocast():
-            images = self.images  # (VB, 3, H, W)
-            teacher_tokens, scores = obj.teacher_pass(images)
-            laps.lap("teacher")
-            removal = obj.remove(model.visual.embed_patches(images), scores, self.step)
-            latent, _ = model.visual.forward_tokens(removal.kept)  # (VB, 1 + K, D)
-            laps.lap("student_encoder")
-            image_emb = model.embed_cls(latent).chunk(NUM_VIEWS)  # V x (B, E)
-            text_emb = model.encode_text(self.text)  # (B, E)
-            laps.lap("text_tower")
-            scale = model.scale()
-            losses = {"clip": sum(clip_loss(e, text_emb, scale) for e in image_emb) / NUM_VIEWS}
-            laps.lap("heads_losses")
-            student_tokens = latent
-            if model.decoder is not None:
-                pred, features = model.decoder(latent, removal.ids_restore)  # (VB, L, P*P*3)
-                laps.lap("decoder")
-                target = patchify(images, model.visual.patch_size)
-                losses["rec"] = reconstruction_loss(pred, target, removal.mask, c.norm_pix_loss)
-                if features is not None:
-                    student_tokens = features
-            if model.head is not None:
-                losses.update(obj.distill_losses(student_tokens, teacher_tokens, removal, self.step))
-            weights = {"clip": c.w_clip, "rec": c.w_rec, "cls": c.w_cls, "patch": c.w_patch}
-            losses["loss"] = sum(weights[k] * v for k, v in losses.items())
-            laps.lap("heads_losses")
-        _check_finite(losses)
-        laps.lap("loss_check")
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        laps.lap("backward")
-        self._clip_and_step()
-        laps.lap("optimizer")
-        obj.update_teacher(self.step)
-        laps.lap("ema")
-        self.step += 1
-        return dict(laps.seconds), float(losses["loss"].detach())
-
-
-def _check_finite(losses: dict[str, torch.Tensor]) -> None:
-    """The loop's per-step check (one host sync per loss on a GPU, as there)."""
-    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"the {bad[0]} loss became non-finite while benchmarking")
+    laps = Laps(step.device)
+    laps.start()
+    loss = step(laps.lap)
+    return dict(laps.seconds), loss
 
 
 def encoder_pass(visual, images: torch.Tensor, keep_ratio: float, *, block_size: int,
@@ -379,15 +180,8 @@ def encoder_pass(visual, images: torch.Tensor, keep_ratio: float, *, block_size:
 # -- the sections --------------------------------------------------------------------------------
 
 
-def _round(x: float | None, digits: int = 4) -> float | None:
-    """``digits`` significant digits (JSON for people, not ten decimals of noise)."""
-    if x is None or not math.isfinite(x) or x == 0:
-        return x
-    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
-
-
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return _round(a / b) if a is not None and b else None
+    return round_sig(a / b) if a is not None and b else None
 
 
 class _Bench:
@@ -421,8 +215,8 @@ class _Bench:
     def train(self) -> dict:
         clip_s, detail_s = self.step_seconds("clip"), self.step_seconds("detailclip")
         b = self.batch_size
-        return {"clip_step_s": _round(clip_s), "detailclip_step_s": _round(detail_s),
-                "clip_images_per_s": _round(b / clip_s), "detailclip_images_per_s": _round(b / detail_s),
+        return {"clip_step_s": round_sig(clip_s), "detailclip_step_s": round_sig(detail_s),
+                "clip_images_per_s": round_sig(b / clip_s), "detailclip_images_per_s": round_sig(b / detail_s),
                 "detailclip_vs_clip": _ratio(detail_s, clip_s)}
 
     def split(self) -> dict:
@@ -430,14 +224,14 @@ class _Bench:
         self.on_stage("split of a DetailCLIP step")
         step = self.step("detailclip")
         for _ in range(self.cfg.warmup):
-            step.staged()
-        runs = [step.staged()[0] for _ in range(self.cfg.repeats)]
-        stages = {name: statistics.median(run.get(name, 0.0) for run in runs)
-                  for name in STAGES if any(name in run for run in runs)}
-        total = sum(stages.values())
-        return {"stages_s": {k: _round(v) for k, v in stages.items()},
-                "fraction": {k: _round(v / total) for k, v in stages.items()},
-                "sum_s": _round(total), "step_s": _round(step_s), "sum_vs_step": _ratio(total, step_s)}
+            staged_step(step)
+        runs = [staged_step(step)[0] for _ in range(self.cfg.repeats)]
+        seconds = {name: statistics.median(run.get(name, 0.0) for run in runs)
+                   for name in STAGES if any(name in run for run in runs)}
+        total = sum(seconds.values())
+        return {"stages_s": {k: round_sig(v) for k, v in seconds.items()},
+                "fraction": {k: round_sig(v / total) for k, v in seconds.items()},
+                "sum_s": round_sig(total), "step_s": round_sig(step_s), "sum_vs_step": _ratio(total, step_s)}
 
     def keep(self) -> dict:
         step = self.step("detailclip")
@@ -451,8 +245,8 @@ class _Bench:
                 seconds = self.time(lambda: encoder_pass(visual, images, keep, block_size=block, generator=g))
                 flops = count_flops(lambda: encoder_pass(visual, images, keep, block_size=block, generator=g))
             tokens = num_kept(visual.grid_size[0] * visual.grid_size[1], keep, block if keep < 1.0 else 1)
-            rows.append({"keep_ratio": keep, "tokens": tokens, "seconds": _round(seconds),
-                         "gflops": _round(flops / 1e9)})
+            rows.append({"keep_ratio": keep, "tokens": tokens, "seconds": round_sig(seconds),
+                         "gflops": round_sig(flops / 1e9)})
         visual.zero_grad(set_to_none=True)
         full = rows[0]["seconds"]
         for row in rows:
@@ -476,13 +270,13 @@ class _Bench:
         achieved = {v: flops[v] / seconds[v] / 1e9 for v in flops}
         peak = rates[compute]
         return {
-            "clip_gflops": _round(flops["clip"] / 1e9), "detailclip_gflops": _round(flops["detailclip"] / 1e9),
+            "clip_gflops": round_sig(flops["clip"] / 1e9), "detailclip_gflops": round_sig(flops["detailclip"] / 1e9),
             "detailclip_vs_clip": _ratio(flops["detailclip"], flops["clip"]),
             "matmul_size": size, "compute_dtype": compute,
-            "matmul_gflops_per_s": {k: _round(v) for k, v in rates.items()},
-            "clip_achieved_gflops_per_s": _round(achieved["clip"]),
-            "detailclip_achieved_gflops_per_s": _round(achieved["detailclip"]),
-            "clip_mfu": _round(achieved["clip"] / peak), "detailclip_mfu": _round(achieved["detailclip"] / peak),
+            "matmul_gflops_per_s": {k: round_sig(v) for k, v in rates.items()},
+            "clip_achieved_gflops_per_s": round_sig(achieved["clip"]),
+            "detailclip_achieved_gflops_per_s": round_sig(achieved["detailclip"]),
+            "clip_mfu": round_sig(achieved["clip"] / peak), "detailclip_mfu": round_sig(achieved["detailclip"] / peak),
             "machinery_overhead": _ratio(seconds["detailclip"] / seconds["clip"], flops["detailclip"] / flops["clip"]),
         }
 
@@ -494,29 +288,29 @@ class _Bench:
         with torch.no_grad(), step.autocast():
             plain = self.time(lambda: teacher(images))
             scored = self.time(lambda: teacher.forward_with_scores(images, layer))
-        return {"forward_s": _round(plain), "forward_with_scores_s": _round(scored),
-                "ratio": _ratio(scored, plain), "overhead": _round(scored / plain - 1.0)}
+        return {"forward_s": round_sig(plain), "forward_with_scores_s": round_sig(scored),
+                "ratio": _ratio(scored, plain), "overhead": round_sig(scored / plain - 1.0)}
 
     def data(self) -> dict:
-        from detailclip_cli.core.data import TwoViewDataset, read_samples
-        from detailclip_cli.core.training.pretrain import train_augment
+        from detailclip_cli.core.data import TwoViewDataset, open_source
+        from detailclip_cli.core.training.trainset import train_augment
 
         step = self.step("detailclip")
         v = step.model.cfg.vision
-        samples = read_samples(self.cfg.data, split="train")
+        samples = open_source(self.cfg.data, split="train", streaming=False)
         dataset = TwoViewDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std,
-                                 aug=train_augment(v.image_size, self.cfg.data), tokenize=step.model.tokenize,
+                                 aug=train_augment(v.image_size, samples.chiral), tokenize=step.model.tokenize,
                                  seed=self.cfg.seed)
         rows = []
         for workers in self.cfg.workers:
             self.on_stage(f"data loader, {workers} workers")
             rate = loader_images_per_s(dataset, dataclasses.replace(step.cfg, workers=workers),
                                        repeats=self.cfg.repeats)
-            rows.append({"workers": workers, "images_per_s": _round(rate)})
+            rows.append({"workers": workers, "images_per_s": round_sig(rate)})
         consumed = self.batch_size / self.step_seconds("detailclip")
         for row in rows:
             row["vs_step"] = _ratio(row["images_per_s"], consumed)
-        return {"rows": rows, "step_images_per_s": _round(consumed), "image_size": v.image_size}
+        return {"rows": rows, "step_images_per_s": round_sig(consumed), "image_size": v.image_size}
 
     def inference(self) -> dict:
         self.on_stage("zero-shot image encoding, ours vs open_clip")
@@ -529,9 +323,9 @@ class _Bench:
             diff = (ours.encode_image(images) - theirs.encode_image(images, normalize=True)).abs().max().item()
             ours_s = self.time(lambda: ours.encode_image(images))
             theirs_s = self.time(lambda: theirs.encode_image(images, normalize=True))
-        return {"ours_images_per_s": _round(self.batch_size / ours_s),
-                "open_clip_images_per_s": _round(self.batch_size / theirs_s),
-                "ours_vs_open_clip": _ratio(theirs_s, ours_s), "max_abs_diff": _round(diff, 2)}
+        return {"ours_images_per_s": round_sig(self.batch_size / ours_s),
+                "open_clip_images_per_s": round_sig(self.batch_size / theirs_s),
+                "ours_vs_open_clip": _ratio(theirs_s, ours_s), "max_abs_diff": round_sig(diff, 2)}
 
     def startup(self) -> dict:
         self.on_stage("start-up time")
@@ -610,118 +404,11 @@ def startup_seconds(*, repeats: int, warmup: int = 1) -> dict:
     def run(cmd: list[str]) -> None:
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
 
-    out: dict[str, Any] = {key: _round(median_seconds(lambda c=cmd: run(c), repeats=repeats, warmup=warmup,
+    out: dict[str, Any] = {key: round_sig(median_seconds(lambda c=cmd: run(c), repeats=repeats, warmup=warmup,
                                                       device=torch.device("cpu")))
                            for key, cmd in commands.items()}
     out["help_vs_import_torch"] = _ratio(out["help_s"], out["import_torch_s"])
     return out
-
-
-# -- memory --------------------------------------------------------------------------------------
-
-
-def _peak_rss_bytes() -> int:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
-
-
-def _current_rss_bytes() -> int:
-    """Resident memory now (Linux ``/proc``); elsewhere the peak so far."""
-    try:
-        import os
-
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return _peak_rss_bytes()
-
-
-def dry_run(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str = "cpu") -> dict:
-    """What one training step of these configs costs, without training: ``pretrain --dry-run``.
-
-    Runs in a fresh process (:func:`dry_run_in_subprocess`): one step at batch 1 as the base,
-    two at the configured batch for the peak memory (as :func:`step_memory`), then one counted
-    with torch's FLOP counter.
-
-    Returns:
-        ``{"parameters": {part: count}, "batch_size", "gflop_per_step", "model_mib",
-        "step_peak_mib", "method"}``.
-    """
-    dev = torch.device(device)
-    step = TrainStep(model_cfg, train_cfg, batch_size=train_cfg.batch_size, device=dev)
-    memory = _measure_step_memory(step, dev)
-    flops = count_flops(step.forward_backward)
-    return {"parameters": step.model.num_params(), "batch_size": train_cfg.batch_size,
-            "gflop_per_step": _round(flops / 1e9, 2), **memory}
-
-
-def dry_run_in_subprocess(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> dict:
-    """:func:`dry_run` in a fresh Python process, so no earlier allocation hides the peak."""
-    code = ("import json, sys; from detailclip_cli.tools.bench import dry_run; "
-            "from detailclip_cli.core.config import configs_from_dict; "
-            "m, t = configs_from_dict(json.loads(sys.argv[1])); print(json.dumps(dry_run(m, t, sys.argv[2])))")
-    document = json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()})
-    return _probe([code, document, str(device)], "the dry run")
-
-
-def step_memory(preset: str, batch_size: int, variant: str, device: str = "cpu", steps: int = 2) -> dict:
-    """Peak memory that training steps at ``batch_size`` add to a built, warmed-up model.
-
-    Meant for a fresh process (:func:`step_memory_in_subprocess`). First one step at batch 1
-    runs, so the base already holds what does not grow with the batch: the optimiser state,
-    the gradients and the library code the first step pages in (which would otherwise show up
-    as hundreds of MiB of "step memory" in RSS). Then ``steps`` steps at ``batch_size`` run. On
-    CPU the figure is the process's peak RSS (``ru_maxrss``) minus its RSS at the base; on CUDA,
-    ``max_memory_allocated`` over the steps minus the memory allocated at the base.
-
-    Returns:
-        ``{"model_mib": base, "step_peak_mib": peak over base, "method": ...}``.
-    """
-    dev = torch.device(device)
-    model_cfg, train_cfg = variant_configs(preset, variant)
-    return _measure_step_memory(TrainStep(model_cfg, train_cfg, batch_size=batch_size, device=dev), dev, steps)
-
-
-def _measure_step_memory(step: TrainStep, dev: torch.device, steps: int = 2) -> dict:
-    """:func:`step_memory` of a built step: a batch-1 step as the base, then ``steps`` full ones."""
-    inputs = (step.view1, step.view2, step.text)
-    step.view1, step.view2, step.text = (x[:1] for x in inputs)
-    step()
-    step.view1, step.view2, step.text = inputs
-    if dev.type == "cuda":
-        synchronize(dev)
-        base = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        for _ in range(steps):
-            step()
-        synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev) - base
-        method = "torch.cuda.max_memory_allocated over warmed-up model"
-    else:
-        base = _current_rss_bytes()
-        for _ in range(steps):
-            step()
-        peak = _peak_rss_bytes() - base
-        method = "ru_maxrss over RSS of warmed-up model"
-    return {"model_mib": _round(base / MIB), "step_peak_mib": _round(max(peak, 0) / MIB), "method": method}
-
-
-def step_memory_in_subprocess(preset: str, batch_size: int, variant: str, device: torch.device) -> dict:
-    """:func:`step_memory` in a fresh Python process, so no earlier allocation hides the peak."""
-    code = ("import json, sys; from detailclip_cli.tools.bench import step_memory; "
-            "print(json.dumps(step_memory(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])))")
-    return _probe([code, preset, str(batch_size), variant, str(device)], "the memory probe")
-
-
-def _probe(args: list[str], what: str) -> dict:
-    """Run ``python -c args[0] args[1:]`` and parse the JSON of its last stdout line."""
-    result = subprocess.run([sys.executable, "-c", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{what} failed: {last}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # -- the whole bench -----------------------------------------------------------------------------
@@ -778,7 +465,7 @@ def run_bench(cfg: BenchConfig, *, on_stage: Callable[[str], None] | None = None
     record["seconds"] = round(wall, 1)
     # Other busy processes skew every figure; the load and this process's share of the CPUs show it.
     record["load_average"] = [load0, _load_average()]
-    record["cpu_per_wall"] = _round((time.process_time() - cpu0) / wall, 3)
+    record["cpu_per_wall"] = round_sig((time.process_time() - cpu0) / wall, 3)
     return record
 
 

@@ -11,7 +11,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from detailclip_cli.core.data.readers import DataError, ReadReport, Sample, load_image, load_mask, printable
+from detailclip_cli.core.data.decode import load_image, load_mask
+from detailclip_cli.core.data.samples import DataError, ReadReport, Sample, printable
 from detailclip_cli.core.data.transforms import (
     AugmentConfig,
     make_eval_geometry,
@@ -86,7 +87,7 @@ class TwoViewDataset(Dataset):
             no ``text`` is returned.
         seed: base seed of the augmentation.
         report: what reading the samples skipped or repaired; by default the ``report`` of a
-            :class:`~detailclip_cli.core.data.readers.SampleList` from ``read_samples``. See
+            :class:`~detailclip_cli.core.data.samples.SampleList` from ``read_samples``. See
             :meth:`data_report`.
     """
 

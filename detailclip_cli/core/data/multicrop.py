@@ -9,16 +9,10 @@ from pathlib import Path
 
 import torch
 
-from detailclip_cli.core.data import (
-    AugmentConfig,
-    DataError,
-    Sample,
-    TwoViewDataset,
-    image_files,
-    item_seed,
-    make_view_transform,
-    read_samples,
-)
+from detailclip_cli.core.data.dataset import TwoViewDataset, item_seed
+from detailclip_cli.core.data.samples import Sample
+from detailclip_cli.core.data.sources import open_source
+from detailclip_cli.core.data.transforms import AugmentConfig, make_view_transform
 
 # DINO's local crops: 5-35 % of the image, at 3/7 of the global side (96 px for 224 px globals).
 LOCAL_CROP_SCALE = (0.05, 0.35)
@@ -39,19 +33,13 @@ def image_samples(data: str | Path, *, split: str = "train") -> list[Sample]:
 
     ``demo`` and CSV/TSV files are read as for pretraining. A folder is searched recursively
     for images (its ``split`` sub-folder when it has one), each given an empty caption, so a
-    plain folder of photos works.
+    plain folder of photos works. Tar shards are not read here (they stream: see
+    :func:`~detailclip_cli.core.data.sources.open_source`).
 
     Raises:
         DataError: the spec is missing or holds no images.
     """
-    path = Path(data).expanduser()
-    if str(data) == "demo" or not path.is_dir():
-        return read_samples(data, split=split)  # names what is wrong with a missing path or file
-    folder = path / split if split and (path / split).is_dir() else path
-    images = image_files(folder)  # each real folder once: links cannot loop
-    if not images:
-        raise DataError(f"no images found in {folder}")
-    return [Sample(image=image, caption="") for image in sorted(images)]
+    return open_source(data, split=split, images_only=True, streaming=False)
 
 
 def local_crop_size(image_size: int, patch_size: int) -> int:

@@ -15,6 +15,11 @@ Two objectives, both trained by the loop of :mod:`detailclip_cli.core.training.l
 Both take DINO's multi-crop: ``local_crops`` small views per image that the student sees whole
 and must map to the teacher's [CLS] target of both global views.
 
+Like the DetailCLIP objective, both are built from the shared stages of
+:mod:`detailclip_cli.core.method.stages` (teacher pass, removal and student encoder, local
+crops, reconstruction, and for self-distillation the iBOT heads); their loss terms live in
+:mod:`detailclip_cli.core.method.losses`. Each keeps only the parts it uses.
+
 Shape letters: B batch, V global views (2), N local crops, L patch tokens, K kept tokens,
 D width (Ds student, Dt teacher), E embedding width, C prototypes, P patch size."""
 
@@ -28,9 +33,12 @@ from torch import nn
 
 from detailclip_cli.core.config import ConfigError, TrainConfig, VisionConfig
 from detailclip_cli.core.distributed import BatchShard
+from detailclip_cli.core.method import stages
 from detailclip_cli.core.method.collapse import CollapseMonitor, embedding_spread, teacher_entropy
-from detailclip_cli.core.method.losses import patchify, reconstruction_loss
-from detailclip_cli.core.method.objective import NUM_VIEWS, DetailCLIPObjective
+from detailclip_cli.core.method.losses import (cls_cosine_loss, kept_patch_cosine_loss, pooled_mean,
+                                               removed_patch_cosine_loss, weighted_total)
+from detailclip_cli.core.method.stages import NUM_VIEWS, stage
+from detailclip_cli.core.method.teacher import ema_update_
 from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.model.removal import Removal
 
@@ -79,57 +87,30 @@ def convert_images(images: torch.Tensor, src: VisionConfig, dst: VisionConfig) -
     return x if same_stats else (x - stats(dst.mean)) / stats(dst.std)
 
 
-def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1 - cosine similarity along the last dimension, broadcasting: (..., D), (..., D) -> (...)."""
-    return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1)
+class _DistillObjective(nn.Module):
+    """What both distillation objectives keep besides their stages: the student, its settings,
+    a teacher that always runs in eval mode, and the collapse statistics of the last batch.
 
-
-def pooled_mean(*terms: tuple[torch.Tensor, int]) -> torch.Tensor:
-    """The mean over all view pairs of losses given as ``(mean over its pairs, number of pairs)``."""
-    return sum(loss * n for loss, n in terms) / sum(n for _, n in terms)
-
-
-class _DistillObjective(DetailCLIPObjective):
-    """The stages both distillation objectives share, on top of DetailCLIP's teacher pass and removal.
-
-    Subclasses set ``self.stats`` (detached scalars for the log) in ``forward`` and
-    ``self.monitor`` (a :class:`CollapseMonitor`) in ``__init__``.
+    Subclasses build ``self.teacher`` (with ``visual`` and, for the embedding, ``image_proj``)
+    and ``self.monitor`` in ``__init__``, and set ``self.stats`` (detached scalars) in ``forward``.
     """
 
+    teacher: nn.Module
     stats: dict[str, torch.Tensor]
     monitor: CollapseMonitor
     # Every loss is a per-sample mean (no CLIP loss): gradient accumulation has nothing to cache.
     contrastive_features = None
 
-    def reconstruct(self, images: torch.Tensor, latent: torch.Tensor,
-                    removal: Removal) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """The decoder's pixel loss, and its features on the full grid.
+    def __init__(self, model: DetailCLIP, cfg: TrainConfig):
+        super().__init__()
+        stages.prepare_student(model, cfg)
+        self.model = model
+        self.cfg = cfg
 
-        Returns:
-            ``{"rec": loss}`` (empty without a decoder) and features (VB, 1 + L, Ds), or None
-            when there is no decoder or it has no feature output.
-        """
-        if self.model.decoder is None:
-            return {}, None
-        pred, features = self.model.decoder(latent, removal.ids_restore)  # (VB, L, P*P*3)
-        target = patchify(images, self.model.visual.patch_size)
-        return {"rec": reconstruction_loss(pred, target, removal.mask, self.cfg.norm_pix_loss)}, features
-
-    def encode_locals(self, local_views: torch.Tensor) -> torch.Tensor:
-        """The student's tokens of whole local crops: (B, N, 3, h, h) -> (N, B, 1 + L', Ds)."""
-        b, n = local_views.shape[:2]
-        flat = local_views.transpose(0, 1).reshape(n * b, *local_views.shape[2:])  # (B, N, ..) -> (NB, ..)
-        visual = self.model.visual
-        latent, _ = visual.forward_tokens(visual.embed_patches(flat, interpolate_pos=True))  # (NB, 1 + L', Ds)
-        return latent.reshape(n, b, *latent.shape[1:])
-
-    def total(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Add ``"loss"``, the weighted sum of the named terms."""
-        c = self.cfg
-        weights = {"rec": c.w_rec, "cls": c.w_cls, "patch": c.w_patch,
-                   "patch_kept": c.w_patch, "patch_removed": c.w_patch}
-        losses["loss"] = sum(weights[k] * v for k, v in losses.items())
-        return losses
+    def train(self, mode: bool = True) -> "_DistillObjective":
+        super().train(mode)
+        self.teacher.eval()  # the teacher always runs as in inference
+        return self
 
     def extra_metrics(self, step: int) -> dict[str, float]:
         """The collapse statistics of the last batch; warns once if they look like collapse."""
@@ -157,10 +138,21 @@ class SelfDistillObjective(_DistillObjective):
         if model.head is None:
             raise ConfigError("self-distillation needs the distillation head (the model config has head: null)")
         super().__init__(model, cfg)
+        self.teacher, self.cls_loss, self.patch_loss = stages.ema_teacher_parts(model, cfg, needed=True)
         # Only the image tower learns: the text tower, image projection and logit scale stay as built.
         for part in (model.text, model.image_proj, model.logit_scale):
             part.requires_grad_(False)
         self.monitor = CollapseMonitor(dim=model.visual.width, classes=model.cfg.head.out_dim)
+
+    def teacher_temp_patch(self, step: int) -> float:
+        return stages.teacher_temp_patch(self.cfg, step)
+
+    @torch.no_grad()
+    def update_teacher(self, step: int) -> float:
+        """EMA step of the teacher towards the student; returns the momentum used."""
+        m = stages.teacher_momentum(self.cfg, step)
+        ema_update_(self.teacher, self.model.image_tower(), m)
+        return m
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
                 step: int, local_views: torch.Tensor | None = None,
@@ -177,46 +169,40 @@ class SelfDistillObjective(_DistillObjective):
         Returns:
             ``{"rec", "cls", "patch", "loss"}`` (``rec`` only with a decoder).
         """
+        model, c = self.model, self.cfg
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
-        teacher_tokens, scores = self.teacher_pass(images)  # (VB, 1 + L, D), (VB, L) or None
-        latent, removal = self.encode_student(images, scores, step, shard)  # (VB, 1 + K, D)
-        losses, features = self.reconstruct(images, latent, removal)
+        teacher_tokens, scores = stages.teacher_pass(self.teacher, c, images)  # (VB, 1 + L, D), (VB, L) or None
+        latent, removal = stages.encode_student(model, c, images, scores, step, shard)  # (VB, 1 + K, D)
+        losses, features = stages.reconstruct(model, c, images, latent, removal)
         teacher_cls = self.teacher_cls_out(teacher_tokens)  # (V, B, C)
         # Statistics and the local term read the centre before the [CLS] loss moves it.
         self.stats = {
             "spread": embedding_spread(latent[:, 0].reshape(NUM_VIEWS, -1, latent.shape[-1])),
             "teacher_entropy": teacher_entropy(teacher_cls, center=self.cls_loss.center,
-                                               teacher_temp=self.cfg.teacher_temp_cls),
+                                               teacher_temp=c.teacher_temp_cls),
         }
-        local = self.local_cls_loss(teacher_cls, local_views) if local_views is not None else None
+        local = None
+        if local_views is not None:
+            student_local = model.head(stages.encode_locals(model, local_views)[:, :, 0])  # (N, B, C)
+            with stage("heads_losses"):
+                local = self.cls_loss.local_to_global(teacher_out=teacher_cls, student_out=student_local,
+                                                      teacher_temp=c.teacher_temp_cls, student_temp=c.student_temp)
         student_tokens = features if features is not None else latent
-        losses.update(self.distill_losses(student_tokens, teacher_tokens, removal, step))
-        if local is not None:
-            n = local_views.shape[1]
-            losses["cls"] = pooled_mean((losses["cls"], NUM_VIEWS * (NUM_VIEWS - 1)), (local, NUM_VIEWS * n))
-        return self.total(losses)
+        losses.update(stages.ibot_losses(student_head=model.head, teacher_head=self.teacher.head,
+                                         cls_loss=self.cls_loss, patch_loss=self.patch_loss,
+                                         student_tokens=student_tokens, teacher_tokens=teacher_tokens,
+                                         removal=removal, cfg=c, teacher_temp_patch=self.teacher_temp_patch(step)))
+        with stage("heads_losses"):
+            if local is not None:
+                n = local_views.shape[1]
+                losses["cls"] = pooled_mean((losses["cls"], NUM_VIEWS * (NUM_VIEWS - 1)), (local, NUM_VIEWS * n))
+            return weighted_total(losses, c)
 
     @torch.no_grad()
     def teacher_cls_out(self, teacher_tokens: torch.Tensor) -> torch.Tensor:
         """The teacher head's [CLS] logits per view: (VB, 1 + L, D) -> (V, B, C)."""
         out = self.teacher.head(teacher_tokens[:, 0])  # (VB, C)
         return out.reshape(NUM_VIEWS, -1, out.shape[-1])
-
-    def local_cls_loss(self, teacher_cls: torch.Tensor, local_views: torch.Tensor) -> torch.Tensor:
-        """DINO's local-to-global [CLS] loss: every local crop against both global teacher views.
-
-        Args:
-            teacher_cls: (V, B, C) teacher [CLS] logits of the global views.
-            local_views: (B, N, 3, h, h).
-
-        Returns:
-            Scalar: the mean over the V * N pairs of H(teacher_v, student_n).
-        """
-        c = self.cfg
-        student_out = self.model.head(self.encode_locals(local_views)[:, :, 0])  # (N, B, C)
-        q = self.cls_loss.teacher_probs(teacher_cls, c.teacher_temp_cls)  # (V, B, C)
-        log_p = F.log_softmax(student_out.float() / c.student_temp, dim=-1)  # (N, B, C)
-        return -torch.einsum("vbc,nbc->vnb", q, log_p).mean()
 
     def extra_metrics(self, step: int) -> dict[str, float]:
         return {**super().extra_metrics(step), "teacher_temp_patch": self.teacher_temp_patch(step)}
@@ -239,10 +225,10 @@ class TeacherTargets(NamedTuple):
 class FrozenTeacherObjective(_DistillObjective):
     """A student learns from a trained, frozen teacher (any model ``resolve_model`` loads).
 
-    The teacher's image tower and projection are kept (never updated, always in eval mode); the
-    EMA copy and iBOT centres the parent builds are dropped. The student's text tower and logit
-    scale, taken from the teacher (:func:`adopt_text_tower`), are frozen; its distillation head
-    is not used (its decoder's feature output is, for the removed positions).
+    The teacher's image tower and projection are kept (never updated, always in eval mode).
+    The student's text tower and logit scale, taken from the teacher (``adopt_text_tower``),
+    are frozen; its distillation head is not used (its decoder's feature output is, for the
+    removed positions).
 
     Args:
         model: the student, with the teacher's text config and embedding width.
@@ -255,7 +241,6 @@ class FrozenTeacherObjective(_DistillObjective):
             raise ConfigError(f"the student's embed_dim {model.cfg.embed_dim} differs from the teacher's "
                               f"{teacher.cfg.embed_dim}; build it with student_config_for()")
         super().__init__(model, cfg)
-        self.cls_loss = self.patch_loss = None
         self.teacher = nn.ModuleDict({"visual": teacher.visual, "image_proj": teacher.image_proj})
         self.teacher.requires_grad_(False).eval()
         self.teacher_vision = teacher.cfg.vision
@@ -275,18 +260,20 @@ class FrozenTeacherObjective(_DistillObjective):
 
     @torch.no_grad()
     def teacher_targets(self, images: torch.Tensor) -> TeacherTargets:
-        """The teacher's embedding, patch features and removal scores for the student's views.
+        """The teacher's embedding, patch features and removal scores for the student's views (stage ``teacher``).
 
         Args:
             images: (VB, 3, H, W) the student's views; resized and renormalised for the teacher
                 when their image settings differ.
         """
-        tokens, scores = self.teacher_pass(convert_images(images, self.model.cfg.vision, self.teacher_vision))
-        embedding = F.normalize(self.teacher.image_proj(tokens[:, 0]), dim=-1)  # (VB, E)
-        src, dst = self.teacher_vision.grid_size, self.model.visual.grid_size
-        patches = resample_grid(tokens[:, 1:], src, dst)  # (VB, Lt, Dt) -> (VB, L, Dt)
-        if scores is not None:
-            scores = resample_grid(scores.unsqueeze(-1), src, dst).squeeze(-1)  # (VB, Lt) -> (VB, L)
+        tokens, scores = stages.teacher_pass(self.teacher, self.cfg,
+                                             convert_images(images, self.model.cfg.vision, self.teacher_vision))
+        with stage("teacher"):
+            embedding = F.normalize(self.teacher.image_proj(tokens[:, 0]), dim=-1)  # (VB, E)
+            src, dst = self.teacher_vision.grid_size, self.model.visual.grid_size
+            patches = resample_grid(tokens[:, 1:], src, dst)  # (VB, Lt, Dt) -> (VB, L, Dt)
+            if scores is not None:
+                scores = resample_grid(scores.unsqueeze(-1), src, dst).squeeze(-1)  # (VB, Lt) -> (VB, L)
         return TeacherTargets(embedding, patches, scores)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
@@ -305,28 +292,30 @@ class FrozenTeacherObjective(_DistillObjective):
             ``{"rec", "cls", "patch_kept", "patch_removed", "loss"}`` (``rec`` and
             ``patch_removed`` only with a decoder and some removed tokens).
         """
+        model, c = self.model, self.cfg
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
         target = self.teacher_targets(images)
-        latent, removal = self.encode_student(images, target.scores, step, shard)  # (VB, 1 + K, Ds)
-        losses, features = self.reconstruct(images, latent, removal)
-
-        student_emb = self.model.embed_cls(latent)  # (VB, E), unit norm
-        losses["cls"] = cosine_distance(student_emb, target.embedding).mean()  # same view
-        teacher_emb = target.embedding.reshape(NUM_VIEWS, -1, target.embedding.shape[-1])  # (V, B, E)
+        latent, removal = stages.encode_student(model, c, images, target.scores, step, shard)  # (VB, 1 + K, Ds)
+        losses, features = stages.reconstruct(model, c, images, latent, removal)
+        local_emb = None
         if local_views is not None:
-            local_latent = self.encode_locals(local_views)  # (N, B, 1 + L', Ds)
-            local_emb = self.model.embed_cls(local_latent.flatten(0, 1)).reshape(local_latent.shape[0], -1,
-                                                                                teacher_emb.shape[-1])  # (N, B, E)
-            local = cosine_distance(local_emb.unsqueeze(0), teacher_emb.unsqueeze(1)).mean()  # over (V, N, B)
-            losses["cls"] = pooled_mean((losses["cls"], NUM_VIEWS), (local, NUM_VIEWS * local_emb.shape[0]))
-        losses.update(self.patch_losses(latent, features, target.patches, removal))
-        self.stats = {"spread": embedding_spread(student_emb.reshape(teacher_emb.shape)),
-                      "teacher_spread": embedding_spread(teacher_emb)}
-        return self.total(losses)
+            local_latent = stages.encode_locals(model, local_views)  # (N, B, 1 + L', Ds)
+            local_emb = model.embed_cls(local_latent.flatten(0, 1)).reshape(
+                local_latent.shape[0], -1, target.embedding.shape[-1])  # (N, B, E)
+        with stage("heads_losses"):
+            student_emb = model.embed_cls(latent)  # (VB, E), unit norm
+            losses["cls"] = cls_cosine_loss(teacher_emb=target.embedding, student_emb=student_emb,
+                                            local_emb=local_emb, views=NUM_VIEWS)
+            losses.update(self.patch_losses(latent, features, target.patches, removal))
+            teacher_emb = target.embedding.reshape(NUM_VIEWS, -1, target.embedding.shape[-1])  # (V, B, E)
+            self.stats = {"spread": embedding_spread(student_emb.reshape(teacher_emb.shape)),
+                          "teacher_spread": embedding_spread(teacher_emb)}
+            return weighted_total(losses, c)
 
     def patch_losses(self, latent: torch.Tensor, features: torch.Tensor | None, teacher_patches: torch.Tensor,
                      removal: Removal) -> dict[str, torch.Tensor]:
-        """Cosine distance to the teacher's patch features at kept and removed positions.
+        """Cosine distance to the teacher's patch features at kept and removed positions, through
+        the bridges.
 
         Args:
             latent: (VB, 1 + K, Ds) encoder tokens of the kept patches.
@@ -335,11 +324,11 @@ class FrozenTeacherObjective(_DistillObjective):
             teacher_patches: (VB, L, Dt) teacher features on the student's grid.
             removal: the removal that produced ``latent``.
         """
-        ids = removal.ids_keep.unsqueeze(-1).expand(-1, -1, teacher_patches.shape[-1])
-        kept_target = torch.gather(teacher_patches, 1, ids)  # (VB, L, Dt) -> (VB, K, Dt)
-        out = {"patch_kept": cosine_distance(self.bridge_kept(latent[:, 1:]), kept_target).mean()}
+        out = {"patch_kept": kept_patch_cosine_loss(teacher_patches=teacher_patches,
+                                                    student_kept=self.bridge_kept(latent[:, 1:]),
+                                                    ids_keep=removal.ids_keep)}
         if features is not None and self.bridge_removed is not None and removal.mask.any():
-            dist = cosine_distance(self.bridge_removed(features[:, 1:]), teacher_patches)  # (VB, L)
-            mask = removal.mask.float()
-            out["patch_removed"] = (dist * mask).sum() / mask.sum()
+            out["patch_removed"] = removed_patch_cosine_loss(
+                teacher_patches=teacher_patches, student_patches=self.bridge_removed(features[:, 1:]),
+                mask=removal.mask)
         return out

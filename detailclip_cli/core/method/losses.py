@@ -1,7 +1,11 @@
-"""The four losses of DetailCLIP. They know tensors, not models.
+"""Every loss term, and the one table of their weights. They know tensors, not models.
 
-Shape letters: B batch, L patch tokens, E embedding width, C prototypes (head out_dim),
-P patch size.
+DetailCLIP's four (CLIP, reconstruction, iBOT [CLS] and patch), and the cosine terms of
+distillation from a frozen teacher. Each objective returns a dict of these terms and
+:func:`weighted_total` adds their weighted sum as ``"loss"``.
+
+Shape letters: B batch, V global views, N local crops, L patch tokens, K kept tokens,
+E embedding width, D width, C prototypes (head out_dim), P patch size.
 """
 
 from __future__ import annotations
@@ -13,6 +17,21 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from detailclip_cli.core.config import TrainConfig
+
+
+def loss_weights(cfg: TrainConfig) -> dict[str, float]:
+    """The weight of every named loss term (an objective returns some of them)."""
+    return {"clip": cfg.w_clip, "rec": cfg.w_rec, "cls": cfg.w_cls, "patch": cfg.w_patch,
+            "patch_kept": cfg.w_patch, "patch_removed": cfg.w_patch}
+
+
+def weighted_total(losses: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Add ``"loss"``, the weighted sum of the named terms (in their order), to ``losses``; returns it."""
+    weights = loss_weights(cfg)
+    losses["loss"] = sum(weights[k] * v for k, v in losses.items())
+    return losses
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -164,6 +183,23 @@ class ClsDistillLoss(_Centered):
         self.update_center(teacher_out)
         return torch.stack(terms).mean()
 
+    def local_to_global(self, *, teacher_out: torch.Tensor, student_out: torch.Tensor,
+                        teacher_temp: float, student_temp: float = 0.1) -> torch.Tensor:
+        """DINO's multi-crop term: every local crop of the student against every global teacher view.
+
+        Reads the centre without moving it (the global views' :meth:`forward` does that).
+
+        Args:
+            teacher_out: (V, B, C) teacher [CLS] logits of the global views.
+            student_out: (N, B, C) student [CLS] logits of N local crops.
+
+        Returns:
+            Scalar: the mean over the V * N pairs of H(teacher_v, student_n).
+        """
+        q = self.teacher_probs(teacher_out, teacher_temp)  # (V, B, C)
+        log_p = F.log_softmax(student_out.float() / student_temp, dim=-1)  # (N, B, C)
+        return -torch.einsum("vbc,nbc->vnb", q, log_p).mean()
+
 
 class PatchDistillLoss(_Centered):
     """iBOT patch loss: the student's patch distributions match the teacher's, same view."""
@@ -193,6 +229,70 @@ class PatchDistillLoss(_Centered):
         per_sample = (ce * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)  # (B,)
         self.update_center(teacher_out if center_with is None else center_with)
         return per_sample.mean()
+
+
+# -- distillation from a frozen teacher: cosine distances ------------------------------------------
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity along the last dimension, broadcasting: (..., D), (..., D) -> (...)."""
+    return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+def pooled_mean(*terms: tuple[torch.Tensor, int]) -> torch.Tensor:
+    """The mean over all view pairs of losses given as ``(mean over its pairs, number of pairs)``."""
+    return sum(loss * n for loss, n in terms) / sum(n for _, n in terms)
+
+
+def cls_cosine_loss(*, teacher_emb: torch.Tensor, student_emb: torch.Tensor,
+                    local_emb: torch.Tensor | None = None, views: int = 2) -> torch.Tensor:
+    """Cosine distance of the student's image embeddings to the teacher's.
+
+    Args:
+        teacher_emb: (VB, E) the teacher's embeddings of V global views (views stacked).
+        student_emb: (VB, E) the student's embeddings of the same views.
+        local_emb: (N, B, E) the student's embeddings of N local crops per image, or None.
+        views: V.
+
+    Returns:
+        Scalar: the mean over all pairs: each global view with itself (V pairs), each local
+        crop with each global view (V * N pairs).
+    """
+    loss = cosine_distance(student_emb, teacher_emb).mean()  # same view
+    if local_emb is None:
+        return loss
+    teacher = teacher_emb.reshape(views, -1, teacher_emb.shape[-1])  # (VB, E) -> (V, B, E)
+    local = cosine_distance(local_emb.unsqueeze(0), teacher.unsqueeze(1)).mean()  # over (V, N, B)
+    return pooled_mean((loss, views), (local, views * local_emb.shape[0]))
+
+
+def kept_patch_cosine_loss(*, teacher_patches: torch.Tensor, student_kept: torch.Tensor,
+                           ids_keep: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance of the student's kept patch tokens to the teacher's at those positions.
+
+    Args:
+        teacher_patches: (B, L, D) teacher patch features on the student's grid.
+        student_kept: (B, K, D) student tokens of the kept patches, mapped to the teacher's width.
+        ids_keep: (B, K) their positions in the grid.
+    """
+    ids = ids_keep.unsqueeze(-1).expand(-1, -1, teacher_patches.shape[-1])
+    target = torch.gather(teacher_patches, 1, ids)  # (B, L, D) -> (B, K, D)
+    return cosine_distance(student_kept, target).mean()
+
+
+def removed_patch_cosine_loss(*, teacher_patches: torch.Tensor, student_patches: torch.Tensor,
+                              mask: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance to the teacher's patch features over the removed positions.
+
+    Args:
+        teacher_patches: (B, L, D) teacher patch features.
+        student_patches: (B, L, D) the student's features on the full grid (removed positions
+            predicted from context), mapped to the teacher's width.
+        mask: (B, L) bool, True where the patch was removed (some must be).
+    """
+    dist = cosine_distance(student_patches, teacher_patches)  # (B, L)
+    weight = mask.float()
+    return (dist * weight).sum() / weight.sum()
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The DetailCLIP objective: one training step's forward pass, returning named losses.
 
-``forward`` reads like a table of contents: teacher pass (with token scores), token removal,
+``forward`` reads like a table of contents: teacher pass (with token scores), token removal and
 student encoder, CLIP loss, decoder and reconstruction loss, distillation heads and losses.
-Both augmented views travel as one batch of 2B images.
+The stages other objectives share (removal, encoding, reconstruction, heads) are functions of
+:mod:`detailclip_cli.core.method.stages`, composed here. Both augmented views travel as one
+batch of 2B images.
 
 Shape letters: B batch, V views (2), L patch tokens, K kept tokens, D width, C prototypes.
 """
@@ -14,12 +16,12 @@ from torch import nn
 
 from detailclip_cli.core.config import TrainConfig
 from detailclip_cli.core.distributed import BatchShard
-from detailclip_cli.core.method.losses import ClsDistillLoss, PatchDistillLoss, clip_loss, patchify, reconstruction_loss
-from detailclip_cli.core.method.teacher import cosine_schedule, ema_update_, make_teacher
+from detailclip_cli.core.method import stages
+from detailclip_cli.core.method.losses import clip_loss, weighted_total
+from detailclip_cli.core.method.stages import NUM_VIEWS, stage
+from detailclip_cli.core.method.teacher import ema_update_
 from detailclip_cli.core.model.detailclip import DetailCLIP
-from detailclip_cli.core.model.removal import Removal, random_scores, remove_tokens
-
-NUM_VIEWS = 2
+from detailclip_cli.core.model.removal import Removal
 
 
 class DetailCLIPObjective(nn.Module):
@@ -32,20 +34,12 @@ class DetailCLIPObjective(nn.Module):
 
     def __init__(self, model: DetailCLIP, cfg: TrainConfig):
         super().__init__()
-        cfg.validate(model.cfg)
+        stages.prepare_student(model, cfg)
         self.model = model
         self.cfg = cfg
-        model.visual.set_grad_checkpointing(cfg.grad_checkpointing)
-        model.text.set_grad_checkpointing(cfg.grad_checkpointing)
         # The teacher exists when it has work: choosing tokens or giving distillation targets.
-        self.teacher = None
-        if cfg.removal == "attention" or model.head is not None:
-            self.teacher = make_teacher(model.image_tower())
-        self.cls_loss = self.patch_loss = None
-        if model.head is not None:
-            out_dim = model.cfg.head.out_dim
-            self.cls_loss = ClsDistillLoss(out_dim, cfg.center_momentum)
-            self.patch_loss = PatchDistillLoss(out_dim, cfg.center_momentum)
+        self.teacher, self.cls_loss, self.patch_loss = stages.ema_teacher_parts(
+            model, cfg, needed=cfg.removal == "attention" or model.head is not None)
 
     def train(self, mode: bool = True) -> "DetailCLIPObjective":
         super().train(mode)
@@ -56,16 +50,11 @@ class DetailCLIPObjective(nn.Module):
     # -- schedules ---------------------------------------------------------------------------
 
     def teacher_momentum(self, step: int) -> float:
-        return cosine_schedule(step, self.cfg.steps, self.cfg.momentum_base, self.cfg.momentum_final)
+        return stages.teacher_momentum(self.cfg, step)
 
     def teacher_temp_patch(self, step: int) -> float:
         """Linear warm-up of the patch teacher temperature over the first part of training."""
-        c = self.cfg
-        warm = int(c.teacher_temp_warmup_frac * c.steps)
-        if warm <= 0:
-            return c.teacher_temp_patch
-        t = min(step / warm, 1.0)
-        return c.teacher_temp_patch_warmup + t * (c.teacher_temp_patch - c.teacher_temp_patch_warmup)
+        return stages.teacher_temp_patch(self.cfg, step)
 
     @torch.no_grad()
     def update_teacher(self, step: int) -> float:
@@ -77,59 +66,21 @@ class DetailCLIPObjective(nn.Module):
 
     # -- stages ------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def teacher_pass(self, images: torch.Tensor):
-        """Teacher tokens and [CLS]-to-patch scores of the full views.
-
-        Args:
-            images: (VB, 3, H, W).
-
-        Returns:
-            tokens (VB, 1 + L, D) or None without a teacher; scores (VB, L) or None unless
-            removal is attention-guided.
-        """
-        if self.teacher is None:
-            return None, None
-        if self.cfg.removal == "attention":
-            return self.teacher.visual.forward_with_scores(images, self.cfg.score_layer)
-        return self.teacher.visual(images), None
+        """:func:`stages.teacher_pass` of this objective's teacher: tokens (VB, 1 + L, D), scores (VB, L)."""
+        return stages.teacher_pass(self.teacher, self.cfg, images)
 
     def remove(self, patches: torch.Tensor, scores: torch.Tensor | None, step: int,
                shard: BatchShard | None = None) -> Removal:
-        """Apply the configured removal strategy to (VB, L, D) position-embedded patch tokens.
-
-        ``shard`` places the batch in its step's global batch: random scores are drawn for every
-        global row and this batch's rows taken, so they do not depend on how the step is split.
-        """
-        c = self.cfg
-        n, length = patches.shape[:2]
-        grid = self.model.visual.grid_size
-        if c.removal == "none" or c.keep_ratio >= 1.0:
-            scores, keep_ratio, block = torch.zeros(n, length, device=patches.device), 1.0, 1
-        else:
-            keep_ratio, block = c.keep_ratio, c.block_size
-            if c.removal == "random":
-                # Seeded by (seed, step) so a resumed run removes exactly the same tokens.
-                g = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
-                if shard is None:
-                    scores = random_scores(n, length, generator=g, device=patches.device)
-                else:
-                    everyone = random_scores(NUM_VIEWS * shard.global_size, length, generator=g)
-                    everyone = everyone.view(NUM_VIEWS, shard.global_size, length)  # (V * G, L) -> (V, G, L)
-                    scores = shard.rows(everyone, n // NUM_VIEWS).to(patches.device)  # (VB, L)
-        return remove_tokens(patches, scores, keep_ratio, grid=grid, block_size=block)
-
-    def encode_student(self, images: torch.Tensor, scores: torch.Tensor | None, step: int,
-                       shard: BatchShard | None = None) -> tuple[torch.Tensor, Removal]:
-        """Token removal and the student encoder: (VB, 3, H, W) -> latent (VB, 1 + K, D), removal."""
-        removal = self.remove(self.model.visual.embed_patches(images), scores, step, shard)
-        latent, _ = self.model.visual.forward_tokens(removal.kept)
-        return latent, removal
+        """:func:`stages.remove`: the configured removal of (VB, L, D) patch tokens."""
+        return stages.remove(self.model, self.cfg, patches, scores, step, shard)
 
     def contrastive(self, latent: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The CLIP loss's inputs: ``image0``, ``image1`` (B, E) per view and ``text`` (B, E), normalised."""
-        image_emb = self.model.embed_cls(latent).chunk(NUM_VIEWS)  # V x (B, E)
-        return {**{f"image{v}": e for v, e in enumerate(image_emb)}, "text": self.model.encode_text(text)}
+        """The CLIP loss's inputs (stage ``text_tower``): ``image0``, ``image1`` (B, E) per view
+        and ``text`` (B, E), normalised."""
+        with stage("text_tower"):
+            image_emb = self.model.embed_cls(latent).chunk(NUM_VIEWS)  # V x (B, E)
+            return {**{f"image{v}": e for v, e in enumerate(image_emb)}, "text": self.model.encode_text(text)}
 
     @torch.no_grad()
     def contrastive_features(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor, *, step: int,
@@ -137,14 +88,17 @@ class DetailCLIPObjective(nn.Module):
         """:meth:`contrastive` of a batch without gradient: the negatives gradient accumulation caches."""
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
         scores = self.teacher_pass(images)[1] if self.cfg.removal == "attention" else None
-        return self.contrastive(self.encode_student(images, scores, step, shard)[0], text)
+        return self.contrastive(stages.encode_student(self.model, self.cfg, images, scores, step, shard)[0], text)
 
     def clip_term(self, features: dict[str, torch.Tensor], shard: BatchShard | None) -> torch.Tensor:
-        """The CLIP loss over the global batch (``shard`` gives the other rows), averaged over the views."""
-        if shard is not None:
-            features = {k: shard.global_features(k, f) for k, f in features.items()}  # (B, E) -> (N, E)
-        scale = self.model.scale()
-        return sum(clip_loss(features[f"image{v}"], features["text"], scale) for v in range(NUM_VIEWS)) / NUM_VIEWS
+        """The CLIP loss over the global batch (``shard`` gives the other rows), averaged over the
+        views (stage ``heads_losses``)."""
+        with stage("heads_losses"):
+            if shard is not None:
+                features = {k: shard.global_features(k, f) for k, f in features.items()}  # (B, E) -> (N, E)
+            scale = self.model.scale()
+            return sum(clip_loss(features[f"image{v}"], features["text"], scale)
+                       for v in range(NUM_VIEWS)) / NUM_VIEWS
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor, *, step: int,
                 shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
@@ -162,31 +116,23 @@ class DetailCLIPObjective(nn.Module):
             ``{"loss": total, "clip": ..., "rec": ..., "cls": ..., "patch": ...}`` (only the
             active terms); ``loss`` is their weighted sum.
         """
-        c, model = self.cfg, self.model
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
         teacher_tokens, scores = self.teacher_pass(images)
-        latent, removal = self.encode_student(images, scores, step, shard)  # (VB, 1 + K, D)
+        latent, removal = stages.encode_student(self.model, self.cfg, images, scores, step, shard)  # (VB, 1 + K, D)
 
         losses = {"clip": self.clip_term(self.contrastive(latent, text), shard)}
-
-        student_tokens = latent
-        if model.decoder is not None:
-            pred, features = model.decoder(latent, removal.ids_restore)  # (VB, L, P*P*3)
-            target = patchify(images, model.visual.patch_size)
-            losses["rec"] = reconstruction_loss(pred, target, removal.mask, c.norm_pix_loss)
-            if features is not None:
-                student_tokens = features  # (VB, 1 + L, D): removed positions predicted from context
-
-        if model.head is not None:
+        rec, features = stages.reconstruct(self.model, self.cfg, images, latent, removal)
+        losses.update(rec)
+        if self.model.head is not None:
+            # Decoder features predict the removed positions from context; without them, the encoder's.
+            student_tokens = features if features is not None else latent
             losses.update(self.distill_losses(student_tokens, teacher_tokens, removal, step))
-
-        weights = {"clip": c.w_clip, "rec": c.w_rec, "cls": c.w_cls, "patch": c.w_patch}
-        losses["loss"] = sum(weights[k] * v for k, v in losses.items())
-        return losses
+        with stage("heads_losses"):
+            return weighted_total(losses, self.cfg)
 
     def distill_losses(self, student_tokens: torch.Tensor, teacher_tokens: torch.Tensor,
                        removal: Removal, step: int) -> dict[str, torch.Tensor]:
-        """iBOT [CLS] (across views) and patch (same view) losses.
+        """iBOT [CLS] (across views) and patch (same view) losses (:func:`stages.ibot_losses`).
 
         Args:
             student_tokens: (VB, 1 + L, D) decoder features on the full grid, or (VB, 1 + K, D)
@@ -195,37 +141,7 @@ class DetailCLIPObjective(nn.Module):
             removal: the removal that produced the student's input.
             step: global step, for the patch temperature warm-up.
         """
-        teacher_out = self.teacher.head(teacher_tokens)  # (VB, 1 + L, C)
-        vb, full = teacher_out.shape[0], student_tokens.shape[1] == teacher_out.shape[1]
-        if full and removal.mask.any():
-            # Decoder features on the full grid, of which only the removed positions count: run
-            # the student head (a per-token MLP into out_dim logits, the costliest layer after
-            # the towers) on [CLS] and those alone. Every sample removes the same number.
-            positions = removal.mask.nonzero()[:, 1].view(vb, -1)  # (VB, L - K), ascending
-        elif full:
-            positions = None  # nothing was removed: every position counts
-        else:
-            positions = removal.ids_keep  # no decoder: the student has the kept positions only
-        t_patch = teacher_out[:, 1:]
-        if positions is not None:
-            if full:
-                rows = torch.cat([positions.new_zeros(vb, 1), positions + 1], dim=1)  # (VB, 1 + M)
-                rows = rows.unsqueeze(-1).expand(-1, -1, student_tokens.shape[-1])
-                student_tokens = torch.gather(student_tokens, 1, rows)  # (VB, 1 + M, D)
-            ids = positions.unsqueeze(-1).expand(-1, -1, t_patch.shape[-1])
-            t_patch = torch.gather(t_patch, 1, ids)  # (VB, L, C) -> (VB, M, C)
-        student_out = self.model.head(student_tokens)  # (VB, 1 + M, C)
-        # Every compared position counts: the removed ones with a decoder, the kept ones without.
-        mask = torch.ones(t_patch.shape[:2], dtype=torch.bool, device=t_patch.device)
-        shape = (NUM_VIEWS, vb // NUM_VIEWS, -1)
-        return {
-            "cls": self.cls_loss(
-                teacher_out=teacher_out[:, 0].reshape(shape), student_out=student_out[:, 0].reshape(shape),
-                teacher_temp=self.cfg.teacher_temp_cls, student_temp=self.cfg.student_temp,
-            ),
-            "patch": self.patch_loss(
-                teacher_out=t_patch, student_out=student_out[:, 1:], mask=mask,
-                teacher_temp=self.teacher_temp_patch(step), student_temp=self.cfg.student_temp,
-                center_with=teacher_out[:, 1:],
-            ),
-        }
+        return stages.ibot_losses(student_head=self.model.head, teacher_head=self.teacher.head,
+                                  cls_loss=self.cls_loss, patch_loss=self.patch_loss,
+                                  student_tokens=student_tokens, teacher_tokens=teacher_tokens, removal=removal,
+                                  cfg=self.cfg, teacher_temp_patch=self.teacher_temp_patch(step))

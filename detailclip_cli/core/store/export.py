@@ -26,7 +26,16 @@ from pathlib import Path
 import torch
 
 from detailclip_cli.core.config import ModelConfig
-from detailclip_cli.core.store.io import load_tensors, save_tensors, write_json
+from detailclip_cli.core.files import write_json
+from detailclip_cli.core.store.io import load_model, save_tensors
+from detailclip_cli.core.store.lookup import model_folder, resolve_model
+from detailclip_cli.core.store.openclip import (
+    TEXT_KEYS,
+    open_clip_name,
+    vision_key_pairs,
+)
+from detailclip_cli.core.store.run import RunFolder
+from detailclip_cli.core.store.shipped import shipped_model_dir
 from detailclip_cli.errors import UsageError, WorkFailedError
 
 FORMATS = ("open_clip", "timm")
@@ -80,8 +89,6 @@ def export_model(spec: str | None, *, to: str, out: Path, weights: str = "studen
             format cannot express.
         WorkFailedError: the written copy does not reproduce the model.
     """
-    from detailclip_cli.core.store.lookup import resolve_model
-
     if to not in FORMATS:
         raise ExportError(f"--to must be one of {', '.join(FORMATS)}, not {to!r}")
     if weights not in WEIGHTS:
@@ -135,27 +142,20 @@ def load_teacher(spec: str | None):
     Raises:
         ExportError: the spec is not a run folder with an EMA teacher.
     """
-    from detailclip_cli.core.store.io import MODEL_FILE, load_model
-    from detailclip_cli.core.store.lookup import model_folder, shipped_model_dir
-    from detailclip_cli.core.store.openclip import open_clip_name
-    from detailclip_cli.core.store.run import STATE_FILE, step_tag
-
     if spec is not None and open_clip_name(spec) is not None:
         raise ExportError("--weights teacher needs a run folder; an open_clip model has no teacher")
     folder = shipped_model_dir() if spec is None else model_folder(spec)
-    state_file = folder / STATE_FILE
-    if not state_file.is_file():
+    run = RunFolder(folder)
+    if not run.state_file.is_file():
         raise ExportError(f"{spec or folder} has no teacher: --weights teacher needs a run folder with "
-                          f"{STATE_FILE} (a saved model keeps the student only)")
-    prefix = "objective.teacher."
-    teacher = {k[len(prefix):]: v.float() for k, v in load_tensors(state_file).items() if k.startswith(prefix)}
+                          f"{RunFolder.STATE_FILE} (a saved model keeps the student only)")
+    teacher = {k: v.float() for k, v in run.teacher_weights().items()}
     if not teacher:
         raise ExportError(f"the run in {folder} trained without a teacher (no removal scores, no distillation)")
     if any(k.startswith("image_proj.") for k in teacher):
         raise ExportError(f"the teacher of the run in {folder} is a frozen model of its own (distill --teacher); "
                           "export that model instead")
-    steps = {step_tag(folder / name) for name in (MODEL_FILE, STATE_FILE)}
-    if len(steps) > 1:
+    if len(set(run.checkpoint_steps().values())) > 1:
         raise ExportError(f"the checkpoint files in {folder} are from different steps (an interrupted save, "
                           "which resuming the run finishes)")
     model = load_model(folder)
@@ -163,7 +163,7 @@ def load_teacher(spec: str | None):
         model.image_tower().load_state_dict(teacher)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ExportError(f"the teacher in {state_file} does not fit the model in {folder}: {first}") from None
+        raise ExportError(f"the teacher in {run.state_file} does not fit the model in {folder}: {first}") from None
     return model.eval()
 
 
@@ -182,8 +182,6 @@ def to_open_clip(model) -> tuple[dict, dict[str, torch.Tensor]]:
     Raises:
         ExportError: the model has a layout open_clip cannot express.
     """
-    from detailclip_cli.core.store.openclip import TEXT_KEYS, vision_key_pairs
-
     cfg = model.cfg
     config = {"model_cfg": open_clip_model_cfg(cfg), "preprocess_cfg": _preprocess(cfg)}
     src = {k: t.detach().float() for k, t in model.state_dict().items()}

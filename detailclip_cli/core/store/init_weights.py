@@ -14,6 +14,7 @@ import dataclasses
 from torch import nn
 
 from detailclip_cli.core.config import ConfigError, ModelConfig
+from detailclip_cli.core.store.lookup import resolve_model
 
 # What an init model gives: both towers, the image projection and the logit scale.
 CLIP_PARTS = ("visual.", "image_proj.", "text.", "logit_scale")
@@ -67,7 +68,5 @@ def load_init(spec: str, pretrained: str | None, model_cfg: ModelConfig):
     Returns:
         (the model config to train, the loaded init model on the CPU).
     """
-    from detailclip_cli.core.store.lookup import resolve_model
-
     init = resolve_model(spec, pretrained=pretrained)
     return init_model_config(model_cfg, init.cfg), init

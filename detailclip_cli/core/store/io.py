@@ -8,16 +8,15 @@ file intact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from detailclip_cli.core.config import ConfigError, ModelConfig
+from detailclip_cli.core.files import atomic_write, write_json
+from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.errors import UsageError
 
 MODEL_FILE = "model.safetensors"
@@ -26,33 +25,6 @@ CONFIG_FILE = "config.json"
 
 class ModelLoadError(UsageError, ValueError):
     """A path that does not hold a loadable model; the message names the file."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write ``path`` via ``write(tmp_path)`` into a temporary sibling, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -103,14 +75,12 @@ def read_model_config(folder: Path) -> ModelConfig:
         raise ModelLoadError(f"{path}: {exc}") from None
 
 
-def load_model(folder: Path, *, device: str | torch.device = "cpu"):
+def load_model(folder: Path, *, device: str | torch.device = "cpu") -> DetailCLIP:
     """Rebuild a :class:`DetailCLIP` from a model folder (weights cast to fp32).
 
     Raises:
         ModelLoadError: missing or unreadable files, or weights that do not match the config.
     """
-    from detailclip_cli.core.model.detailclip import DetailCLIP
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelLoadError(f"{folder} is not a model folder (expected {MODEL_FILE} and {CONFIG_FILE})")

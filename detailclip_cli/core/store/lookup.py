@@ -6,20 +6,14 @@ from pathlib import Path
 
 import torch
 
-from detailclip_cli.core.store.io import CONFIG_FILE, MODEL_FILE, ModelLoadError, load_model
+from detailclip_cli.core.config import ConfigError
+from detailclip_cli.core.store.io import CONFIG_FILE, MODEL_FILE, ModelLoadError, load_model, read_model_config
+from detailclip_cli.core.store.openclip import load_open_clip, open_clip_name
+from detailclip_cli.core.store.run import RunFolder
+from detailclip_cli.core.store.shipped import SHIPPED_MODEL, shipped_model_dir
 from detailclip_cli.errors import UsageError
 
-SHIPPED_MODEL = "detailclip-tiny"
-
-
-def shipped_model_dir() -> Path:
-    """``<repo>/assets/detailclip-tiny``: the model used when no ``--model`` is given."""
-    import detailclip_cli
-
-    return Path(detailclip_cli.__file__).resolve().parent.parent / "assets" / SHIPPED_MODEL
-
-
-def resolve_model(spec: str | None, *, pretrained: str | None = None, device: str | torch.device = "cpu"):
+def resolve_model(spec: str | None = None, *, pretrained: str | None = None, device: str | torch.device = "cpu"):
     """Load the model a user named.
 
     Args:
@@ -35,8 +29,6 @@ def resolve_model(spec: str | None, *, pretrained: str | None = None, device: st
         ModelLoadError: the spec names nothing loadable (the message names it).
         UsageError: ``pretrained`` given for a model that is not ``open_clip:NAME``.
     """
-    from detailclip_cli.core.store.openclip import load_open_clip, open_clip_name
-
     if spec is not None and (name := open_clip_name(spec)) is not None:
         if not name:
             raise ModelLoadError("open_clip: needs an architecture name, e.g. open_clip:ViT-B-32")
@@ -46,7 +38,7 @@ def resolve_model(spec: str | None, *, pretrained: str | None = None, device: st
     if spec is None:
         folder = shipped_model_dir()
         if not (folder / MODEL_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
-            raise ModelLoadError(f"no --model given and the shipped model assets/{SHIPPED_MODEL} is missing")
+            raise ModelLoadError(f"no --model given and the shipped model {SHIPPED_MODEL} is missing from {folder}")
         return load_model(folder, device=device)
     return load_model(model_folder(spec), device=device)
 
@@ -67,8 +59,6 @@ def model_folder(spec: str | Path) -> Path:
 
 def local_model_folder(spec: str | None) -> Path | None:
     """The folder of a local model spec; None for ``open_clip:NAME`` or a path naming no model."""
-    from detailclip_cli.core.store.openclip import open_clip_name
-
     if spec is not None and open_clip_name(spec) is not None:
         return None
     try:
@@ -83,9 +73,6 @@ def has_decoder(spec: str | None) -> bool:
     ``open_clip:NAME`` models never have one. A spec that names no model reports True here
     and fails properly when it is loaded.
     """
-    from detailclip_cli.core.store.io import read_model_config
-    from detailclip_cli.core.store.openclip import open_clip_name
-
     if spec is not None and open_clip_name(spec) is not None:
         return False
     folder = local_model_folder(spec)
@@ -97,14 +84,11 @@ def has_decoder(spec: str | None) -> bool:
 
 def run_train_settings(spec: str | None) -> dict | None:
     """The training settings of a run folder (its ``run.json``); None for any other model."""
-    from detailclip_cli.core.config import ConfigError
-    from detailclip_cli.core.store.run import read_run_settings
-
     folder = local_model_folder(spec)
     if folder is None:
         return None
     try:
-        _, train_cfg, _ = read_run_settings(folder)
+        _, train_cfg, _ = RunFolder(folder).settings()
     except (ConfigError, ModelLoadError, OSError, ValueError, KeyError):
         return None
     return train_cfg.to_dict()

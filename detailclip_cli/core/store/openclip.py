@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from detailclip_cli.core.config import ModelConfig, TextConfig, VisionConfig
+from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.store.io import ModelLoadError
 
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -97,8 +98,6 @@ def from_open_clip(oc_model: nn.Module, *, name: str = "open_clip model"):
         A :class:`DetailCLIP` (decoder=None, head=None) whose ``encode_image`` and
         ``encode_text`` equal the open_clip model's.
     """
-    from detailclip_cli.core.model.detailclip import DetailCLIP
-
     cfg = open_clip_config(oc_model, name=name)
     model = DetailCLIP(cfg)
     state = convert_state_dict(oc_model, num_blocks=cfg.vision.depth)

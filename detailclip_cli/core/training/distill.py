@@ -9,16 +9,16 @@ from typing import Any
 import torch
 
 from detailclip_cli.core.config import ConfigError, ModelConfig, TrainConfig
-from detailclip_cli.core.data.shards import ShardDataset, streams_shards
-from detailclip_cli.core.device import resolve_device, seed_everything
-from detailclip_cli.core.distributed import join_process_group
+from detailclip_cli.core.data.multicrop import MultiCropDataset, local_crop_size
+from detailclip_cli.core.method.distill import (
+    FrozenTeacherObjective,
+    SelfDistillObjective,
+)
 from detailclip_cli.core.model.detailclip import DetailCLIP
-from detailclip_cli.core.store.run import RUN_FILE
+from detailclip_cli.core.store.lookup import resolve_model
+from detailclip_cli.core.store.run import RunFolder
 from detailclip_cli.core.training.loop import TrainingRun, fit
-from detailclip_cli.core.training.loop import check_batch_fits
-from detailclip_cli.core.training.pretrain import train_augment
-from detailclip_cli.core.data.multicrop import MultiCropDataset, image_samples, local_crop_size
-from detailclip_cli.core.method.distill import FrozenTeacherObjective, SelfDistillObjective
+from detailclip_cli.core.training.trainset import prepare
 
 
 def student_config_for(student: ModelConfig, teacher: ModelConfig) -> ModelConfig:
@@ -42,14 +42,11 @@ def load_teacher(spec: str, *, pretrained: str | None = None, out_dir: Path | No
     the original model nor a download; only the architecture comes from ``run.json``.
     """
     if not resume:
-        from detailclip_cli.core.store.lookup import resolve_model
-
         return resolve_model(spec, pretrained=pretrained)
-    import json
-
-    recorded = json.loads((Path(out_dir) / RUN_FILE).read_text()).get("teacher_model")
+    run = RunFolder(out_dir)
+    recorded = run.recorded().get("teacher_model")
     if recorded is None:
-        raise ConfigError(f"cannot resume: {Path(out_dir) / RUN_FILE} does not record the teacher's config")
+        raise ConfigError(f"cannot resume: {run.settings_file} does not record the teacher's config")
     return DetailCLIP(ModelConfig.from_dict(recorded)).eval()
 
 
@@ -81,25 +78,24 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
         ConfigError, DataError, ModelLoadError: at the call, for unusable settings, data or teacher.
         TrainingError: while iterating, a loss became non-finite.
     """
-    student_cfg.validate()
-    cfg.validate(student_cfg)
     v = student_cfg.vision
-    local_size = local_size or local_crop_size(v.image_size, v.patch_size)
-    if local_crops < 0:
-        raise ConfigError(f"local_crops must be at least 0, got {local_crops}")
-    if local_crops and (local_size % v.patch_size or local_size < v.patch_size):
-        raise ConfigError(f"local crop size {local_size} is not a positive multiple of the patch size {v.patch_size}")
-    dev = join_process_group(resolve_device(device))
-    shards = streams_shards(data, samples_per_epoch=cfg.samples_per_epoch)
-    samples = None if shards else image_samples(data, split="train")
-    if samples is not None:
-        check_batch_fits(len(samples), cfg)
 
+    def check_local_crops() -> None:  # run after the configs' own checks, which vouch for the patch size
+        nonlocal local_size
+        local_size = local_size or local_crop_size(v.image_size, v.patch_size)
+        if local_crops < 0:
+            raise ConfigError(f"local_crops must be at least 0, got {local_crops}")
+        if local_crops and (local_size % v.patch_size or local_size < v.patch_size):
+            raise ConfigError(f"local crop size {local_size} is not a positive multiple of the patch size "
+                              f"{v.patch_size}")
+
+    dev, train_data = prepare(student_cfg, cfg, device=device, data=data, captions=False, check=check_local_crops)
     teacher_model = None
     if teacher is not None:
-        teacher_model = load_teacher(teacher, pretrained=pretrained, out_dir=out_dir, resume=resume)
+        # Under its own RNG: the student's initialisation depends on the seed alone, teacher or not.
+        with torch.random.fork_rng(devices=[]):
+            teacher_model = load_teacher(teacher, pretrained=pretrained, out_dir=out_dir, resume=resume)
         student_cfg = student_config_for(student_cfg, teacher_model.cfg)
-    seed_everything(cfg.seed)
     model = DetailCLIP(student_cfg)
     if teacher_model is not None:
         adopt_text_tower(model, teacher_model)
@@ -107,13 +103,8 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
     else:
         objective = SelfDistillObjective(model, cfg)
     objective.to(dev)
-
-    dataset = MultiCropDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std,
-                               aug=train_augment(v.image_size, data), tokenize=None, seed=cfg.seed,
-                               local_crops=local_crops, local_size=local_size)
-    if shards:  # the views above make the items of the images the shards stream
-        dataset = ShardDataset(data, views=dataset, seed=cfg.seed, samples_per_epoch=cfg.samples_per_epoch)
-        check_batch_fits(len(dataset), cfg)
+    dataset = train_data.dataset(MultiCropDataset, vision=v, tokenize=None, local_crops=local_crops,
+                                 local_size=local_size)
     record = {"command": "distill", **(settings or {}), "teacher": teacher, "pretrained": pretrained,
               "local_crops": local_crops, "local_size": local_size}
     if teacher_model is not None:

@@ -1,17 +1,13 @@
 """The training loop: a generator that yields one :class:`StepInfo` per logged step.
 
-The loop owns the optimiser, the learning-rate schedule, the data order, checkpointing and
-``metrics.jsonl``; it knows nothing about how progress is drawn (the CLI iterates over it),
-nor about what is trained: :func:`fit` runs any :class:`Objective` (``pretrain`` passes the
-DetailCLIP objective, ``distill`` its distillation objectives).
-
-A run folder holds ``model.safetensors`` + ``config.json`` (the student, loadable on its own),
-``train_state.safetensors`` + ``train_state.json`` (optimiser, teacher, centres, step, RNG
-states), ``metrics.jsonl`` and ``run.json`` (the run's settings)."""
+The loop owns the optimiser, the learning-rate schedule, the data order, and when to
+checkpoint and log (the run folder, :class:`~detailclip_cli.core.store.run.RunFolder`, owns how);
+it knows nothing about how progress is drawn (the CLI iterates over it), nor about what is
+trained: :func:`fit` runs any :class:`Objective` on any dataset a recipe built (``pretrain``
+passes the DetailCLIP objective, ``distill`` its distillation objectives)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,9 +15,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
+from torch.utils.data import DataLoader
 
 from detailclip_cli import __version__
 from detailclip_cli.core.config import ConfigError, TrainConfig
+from detailclip_cli.core.data import ReportingDataset, StreamingDataset, collate_skipping_bad
+from detailclip_cli.core.device import autocast_dtype
 from detailclip_cli.core.distributed import (
     BatchShard,
     all_gather_rows,
@@ -35,12 +34,8 @@ from detailclip_cli.core.distributed import (
     world_size,
 )
 from detailclip_cli.core.method.losses import deferred_center_updates
-from detailclip_cli.core.store.io import (
-    atomic_write,
-    write_json,
-)
-from detailclip_cli.core.device import autocast_dtype
-from detailclip_cli.core.store.run import METRICS_FILE, RUN_FILE, load_checkpoint, recover_checkpoint, save_checkpoint
+from detailclip_cli.core.model.vit import Block
+from detailclip_cli.core.store.run import RunFolder
 from detailclip_cli.core.training.optim import build_optimizer, lr_at
 from detailclip_cli.errors import Interrupted, TrainingError
 
@@ -105,13 +100,9 @@ def iterate_batches(dataset, cfg: TrainConfig, start_step: int, *, rank: int = 0
         rank: this process's slice, samples ``[rank * G / W, (rank + 1) * G / W)`` of a step.
         world_size: W, the number of processes (dividing G = ``cfg.batch_size``).
     """
-    if hasattr(dataset, "batches"):  # a stream (tar shards) batches itself
+    if isinstance(dataset, StreamingDataset):  # a stream (tar shards) batches itself
         yield from dataset.batches(cfg, start_step, rank=rank, world_size=world_size, pin_memory=pin_memory)
         return
-    from torch.utils.data import DataLoader
-
-    from detailclip_cli.core.data import collate_skipping_bad
-
     size = cfg.batch_size
     per_epoch = len(dataset) // size
     check_batch_fits(len(dataset), cfg)
@@ -154,7 +145,7 @@ class TrainingRun:
         """
         self._stop["requested"] = True
 
-    def __iter__(self) -> "TrainingRun":
+    def __iter__(self) -> TrainingRun:
         return self
 
     def __next__(self) -> StepInfo:
@@ -178,26 +169,24 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
         metrics: figures to add to each logged step, ``metrics(step) -> {name: value}``;
             defaults to the objective's ``extra_metrics`` when it has one.
     """
-    out_dir = Path(out_dir)
+    run = RunFolder(out_dir)
     world, main = world_size(), is_main_process()
     if cfg.batch_size % (world * cfg.accum_steps):
         raise ConfigError(f"the batch size {cfg.batch_size} (global, of all processes) does not split evenly "
                           f"into {world} processes x {cfg.accum_steps} micro-batches")
     optimizer = build_optimizer(objective, cfg)
-    report = dataset.data_report() if hasattr(dataset, "data_report") else None
+    report = dataset.data_report() if isinstance(dataset, ReportingDataset) else None
     start = 0
     if resume:
         # Every process reads the checkpoint (the run folder must be visible to all); only rank 0 writes.
         if main:
-            recover_checkpoint(out_dir)
+            run.recover()
         barrier()
-        start = load_checkpoint(out_dir, objective, optimizer)
+        start = run.load_checkpoint(objective, optimizer)
         if main:
-            _truncate_metrics(out_dir / METRICS_FILE, start)
+            run.truncate_metrics(start)
     elif main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / METRICS_FILE).unlink(missing_ok=True)
-        write_json(out_dir / RUN_FILE, {
+        run.create({
             "data": str(data), "device": str(device), "processes": world, "detailclip_version": __version__,
             "torch_version": torch.__version__, **(settings or {}),
             "model": objective.model.cfg.to_dict(), "train": cfg.to_dict(),
@@ -210,7 +199,7 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
     metrics = metrics or getattr(objective, "extra_metrics", None)
     # Setup errors (data, config, resume) surface here, at the call; the steps run on iteration.
     stop = {"requested": False}
-    steps = _loop(objective, optimizer, batches, cfg=cfg, start=start, device=device, out_dir=out_dir,
+    steps = _loop(objective, optimizer, batches, cfg=cfg, start=start, device=device, run=run,
                   metrics=metrics, stop=stop)
     return TrainingRun(steps, objective, start, stop, data_report=report)
 
@@ -222,8 +211,6 @@ def compile_blocks(module: torch.nn.Module) -> int:
     is), so each compiles once, and ``Module.compile`` keeps parameter names, so checkpoints
     are the same with and without it.
     """
-    from detailclip_cli.core.model.vit import Block
-
     blocks = [m for m in module.modules() if isinstance(m, Block)]
     for block in blocks:
         block.compile()
@@ -270,13 +257,13 @@ def _fill_bank(objective: Objective, micro_batches: list[dict], shards: list[Bat
         shard.bank = bank
 
 
-def _save_from_main(out_dir: Path, objective: Objective, optimizer: torch.optim.Optimizer, step: int,
+def _save_from_main(run: RunFolder, objective: Objective, optimizer: torch.optim.Optimizer, step: int,
                     device: torch.device) -> None:
-    """:func:`save_checkpoint` on rank 0; when it fails, every process stops (they all learn it)."""
+    """:meth:`RunFolder.save_checkpoint` on rank 0; when it fails, every process stops (they all learn it)."""
     error = None
     if is_main_process():
         try:
-            save_checkpoint(out_dir, objective, optimizer, step)
+            run.save_checkpoint(objective, optimizer, step)
         except TrainingError as exc:
             error = exc
     if any_across(error is not None, device):
@@ -284,7 +271,7 @@ def _save_from_main(out_dir: Path, objective: Objective, optimizer: torch.optim.
 
 
 def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
-          cfg: TrainConfig, start: int, device: torch.device, out_dir: Path,
+          cfg: TrainConfig, start: int, device: torch.device, run: RunFolder,
           metrics: Callable[[int], dict[str, float]] | None = None,
           stop: dict | None = None) -> Iterator[StepInfo]:
     """The steps themselves: forward and backward of each micro-batch, finiteness check, gradient
@@ -314,9 +301,9 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
         tally = _tally(len(batch["view1"]) if "view1" in batch else 0, len(unreadable), stop["requested"], dev)
         if tally.stop:
             if step > start:
-                _save_from_main(out_dir, objective, optimizer, step, dev)
+                _save_from_main(run, objective, optimizer, step, dev)
             raise Interrupted(f"stopped at step {step}; the checkpoint is saved, continue with "
-                              f"`detailclip pretrain --resume {out_dir}` (or `distill --resume`)")
+                              f"`detailclip pretrain --resume {run.path}` (or `distill --resume`)")
         bad_count += tally.bad
         seen += tally.bad + tally.good
         # Judged against at least four batches, so a few broken files that happen to come
@@ -360,7 +347,7 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
             term = bad[0] if bad else "loss"
             raise TrainingError(
                 f"the {term} loss became {losses[term].item()} at step {step + 1}; "
-                f"stopped, the last good checkpoint in {out_dir} is kept"
+                f"stopped, the last good checkpoint in {run.path} is kept"
             )
         average_gradients(params)
         if cfg.grad_clip > 0:
@@ -386,32 +373,16 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
             # Logged before the checkpoint: a crash in between leaves a line past the checkpoint,
             # which a resume drops and logs again, never a checkpoint whose line is missing.
             if main:
-                _append_metrics(out_dir / METRICS_FILE, info)
+                run.append_metrics(metrics_row(info))
         if saved:
-            _save_from_main(out_dir, objective, optimizer, done, dev)
+            _save_from_main(run, objective, optimizer, done, dev)
         if info is not None:
             yield info
 
 
-def _append_metrics(path: Path, info: StepInfo) -> None:
-    record = {"step": info.step, **info.losses, "lr": info.lr, "momentum": info.momentum,
-              "images_per_sec": round(info.images_per_sec, 3), "elapsed_s": round(info.elapsed_s, 3),
-              **info.extra}
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after ``step`` (a resumed run logs them again), and a line torn
-    by a crash in mid-write."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
-    atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))
+def metrics_row(info: StepInfo) -> dict[str, Any]:
+    """A logged step as its ``metrics.jsonl`` row: the step, each named loss, lr, momentum,
+    throughput, time, then the extra figures."""
+    return {"step": info.step, **info.losses, "lr": info.lr, "momentum": info.momentum,
+            "images_per_sec": round(info.images_per_sec, 3), "elapsed_s": round(info.elapsed_s, 3),
+            **info.extra}

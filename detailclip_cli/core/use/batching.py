@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from detailclip_cli.core.data import DataError, load_image, make_eval_transform
+
 
 @dataclass
 class ImageBatch:
@@ -31,8 +33,6 @@ def iter_image_batches(paths: Sequence[Path], *, image_size: int, mean: Sequence
     Unreadable files are reported in ``errors``, never raised, so one bad file does not stop
     the rest.
     """
-    from detailclip_cli.core.data import DataError, load_image, make_eval_transform
-
     transform = make_eval_transform(image_size=image_size, mean=mean, std=std)
     for start in range(0, len(paths), batch_size):
         ok, tensors, errors = [], [], []
@@ -44,6 +44,28 @@ def iter_image_batches(paths: Sequence[Path], *, image_size: int, mean: Sequence
                 continue
             ok.append(Path(path))
         yield ImageBatch(ok, torch.stack(tensors) if tensors else None, errors)
+
+
+def load_images(paths: Sequence[str | Path], model) -> torch.Tensor:
+    """Image files as one batch for ``model``: resized (shorter side, then centre crop) and normalised.
+
+    Args:
+        paths: B image files.
+        model: a :class:`DetailCLIP`; its image size and normalisation are used, and the batch
+            goes to its device.
+
+    Returns:
+        (B, 3, S, S) normalised images (S = the model's image size).
+
+    Raises:
+        DataError: no paths, or a file that cannot be read as an image (the message names it).
+    """
+    if not paths:
+        raise DataError("no images given")
+    v = model.cfg.vision
+    transform = make_eval_transform(image_size=v.image_size, mean=v.mean, std=v.std)
+    images = torch.stack([transform(load_image(Path(path))) for path in paths])  # (B, 3, S, S)
+    return images.to(model.logit_scale.device)
 
 
 def to_pixels(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """What a model is good for: retrieval, dense (segmentation) linear probe, [CLS] k-NN.
 
-Metric functions are pure and tested against hand-computed cases; the ``evaluate_*`` functions
-extract frozen features with the model and apply them. Zero-shot classification lives in
-:mod:`detailclip_cli.core.inference`.
+The metrics themselves live in :mod:`detailclip_cli.core.use.metrics`; this module extracts
+frozen features with the model, fits the probes and applies them. Zero-shot classification
+lives in :mod:`detailclip_cli.core.use.zeroshot`.
 
 Shape letters: N images, E embedding width, L patch tokens, D width, C classes."""
 
@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from detailclip_cli.core.use.metrics import miou_from_confusion, retrieval_metrics, segmentation_confusion
+from torch.utils.data import DataLoader
+
+from detailclip_cli.core.choices import EVAL_TASKS
+from detailclip_cli.core.data import DataError, EvalDataset, class_names, read_samples
+from detailclip_cli.core.use.embed import encode_texts
+from detailclip_cli.core.use.metrics import accuracy, miou_from_confusion, retrieval_metrics, segmentation_confusion
+from detailclip_cli.core.use.templates import resolve_templates
+from detailclip_cli.core.use.zeroshot import evaluate_zero_shot
+from detailclip_cli.errors import UsageError
 
 
 def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
@@ -58,10 +66,6 @@ def extract_features(model, samples: Sequence, *, classes: Sequence[str] | None 
                      patches: bool = False, batch_size: int = 64,
                      on_batch: Callable[[int], None] | None = None) -> Features:
     """Run the frozen image tower over samples (eval transform), collecting what a probe needs."""
-    from torch.utils.data import DataLoader
-
-    from detailclip_cli.core.data import EvalDataset
-
     v = model.cfg.vision
     device = model.logit_scale.device
     dataset = EvalDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std, classes=classes)
@@ -157,18 +161,7 @@ def dense_probe_metrics(probe: torch.nn.Module, val: Features, num_classes: int,
     return miou_from_confusion(conf)
 
 
-TASKS = ("zeroshot", "retrieval", "dense", "probe")
-
-
-@torch.no_grad()
-def _text_embeddings(model, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    device = model.logit_scale.device
-    out = [model.encode_text(model.tokenize(list(captions[i:i + batch_size])).to(device)).cpu()
-           for i in range(0, len(captions), batch_size)]
-    return torch.cat(out)
-
-
-def run_evaluation(model, data: str, *, tasks: Sequence[str] = TASKS, templates=None,
+def run_evaluation(model, data: str, *, tasks: Sequence[str] = EVAL_TASKS, templates=None,
                    probe_epochs: int = 20, max_train: int | None = None, seed: int = 0,
                    on_stage: Callable[[str], None] | None = None) -> dict:
     """Evaluate a model on a data spec's ``val`` split (probes train on its ``train`` split).
@@ -188,14 +181,9 @@ def run_evaluation(model, data: str, *, tasks: Sequence[str] = TASKS, templates=
         {task: {metric: value}} for the tasks that the data supports; a task the data cannot
         serve is reported under "skipped" with the reason.
     """
-    from detailclip_cli.core.data import DataError, class_names, read_samples
-    from detailclip_cli.core.use.templates import resolve_templates
-    from detailclip_cli.core.use.zeroshot import evaluate_zero_shot
-    from detailclip_cli.errors import UsageError
-
-    unknown = sorted(set(tasks) - set(TASKS))
+    unknown = sorted(set(tasks) - set(EVAL_TASKS))
     if unknown:
-        raise UsageError(f"unknown task(s) {', '.join(unknown)} (choose from {', '.join(TASKS)}, all)")
+        raise UsageError(f"unknown task(s) {', '.join(unknown)} (choose from {', '.join(EVAL_TASKS)}, all)")
     stage = on_stage or (lambda name: None)
     try:
         val = read_samples(data, split="val")
@@ -231,7 +219,7 @@ def run_evaluation(model, data: str, *, tasks: Sequence[str] = TASKS, templates=
         if all(captions):
             stage("retrieval")
             img = val_feats.cls if val_feats is not None else extract_features(model, val).cls
-            results["retrieval"] = retrieval_metrics(img, _text_embeddings(model, captions))
+            results["retrieval"] = retrieval_metrics(img, encode_texts(model, captions).cpu())
         else:
             results["skipped"]["retrieval"] = "some images have no caption"
     if "dense" in tasks:
@@ -249,7 +237,7 @@ def run_evaluation(model, data: str, *, tasks: Sequence[str] = TASKS, templates=
         if labelled and train_feats is not None and train_feats.labels is not None:
             stage("probe")
             pred = knn_classify(train_feats.cls, train_feats.labels, val_feats.cls, len(classes))
-            results["probe"] = {"knn_top1": (pred == val_feats.labels).float().mean().item()}
+            results["probe"] = {"knn_top1": accuracy(pred, val_feats.labels)}
         else:
             results["skipped"]["probe"] = "the data has no class labels"
     if not results["skipped"]:

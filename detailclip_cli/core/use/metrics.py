@@ -1,10 +1,15 @@
-"""Metrics: top-k accuracy, confusion matrices, per-class recall, retrieval recall@k, mIoU."""
+"""Metrics: accuracy, top-k accuracy, confusion matrices, per-class recall, retrieval recall@k, mIoU."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+
+
+def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of predictions equal to the labels (both (N,) class ids), averaged in float32."""
+    return (preds == labels).float().mean().item()
 
 
 def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
+from detailclip_cli.core.choices import PROBE_REMOVALS, ScoreLayer, one_of
 from detailclip_cli.core.method.losses import normalize_patches, patchify, unpatchify
 from detailclip_cli.core.model.removal import random_scores, remove_tokens
 from detailclip_cli.core.model.vit import reduce_cls_attention
-from detailclip_cli.errors import UsageError
 from detailclip_cli.core.use.batching import to_pixels
+from detailclip_cli.errors import UsageError
 
 
 @dataclass
@@ -45,12 +46,12 @@ def default_block_size(model, preferred: int = 2) -> int:
 
 def check_layer(model, layer: str | int) -> str | int:
     """Validate a ``mean`` / ``last`` / index layer choice against the model's depth."""
-    if layer in ("mean", "last"):
+    if layer in tuple(ScoreLayer):
         return layer
     try:
         index = int(layer)
     except (TypeError, ValueError):
-        raise UsageError(f"--layer must be mean, last or a block index, not {layer!r}") from None
+        raise UsageError(f"--layer must be {', '.join(ScoreLayer)} or a block index, not {layer!r}") from None
     depth = model.visual.depth
     if not -depth <= index < depth:
         raise UsageError(f"--layer {index} is out of range for a {depth}-block model")
@@ -97,7 +98,7 @@ class Reconstruction:
     Attributes:
         original: the model's view of the input.
         kept: the original with removed patches greyed out.
-        recon: the decoder's prediction for every patch.
+        pred: the decoder's prediction for every patch, from the kept tokens.
         pasted: the prediction at removed patches, the original at kept ones.
         removed: (B, gh, gw) bool, True where the patch was removed.
         mse: (B,) mean squared error on removed patches, in [0, 1] pixel units.
@@ -106,7 +107,7 @@ class Reconstruction:
 
     original: torch.Tensor
     kept: torch.Tensor
-    recon: torch.Tensor
+    pred: torch.Tensor
     pasted: torch.Tensor
     removed: torch.Tensor
     mse: torch.Tensor
@@ -118,7 +119,7 @@ class NoDecoderError(UsageError):
 
 
 @torch.no_grad()
-def reconstruct(model, images: torch.Tensor, *, strategy: str = "attention", keep_ratio: float = 0.5,
+def reconstruct(model, images: torch.Tensor, *, removal: str = "attention", keep_ratio: float = 0.5,
                 block_size: int = 1, layer: str | int = "mean", generator: torch.Generator | None = None,
                 norm_pix: bool = True) -> Reconstruction:
     """Remove tokens, encode the rest, and let the decoder fill the gaps.
@@ -126,7 +127,7 @@ def reconstruct(model, images: torch.Tensor, *, strategy: str = "attention", kee
     Args:
         model: a :class:`DetailCLIP` with a decoder.
         images: (B, 3, S, S) normalised images.
-        strategy: ``attention`` (the model's own [CLS] scores) or ``random`` (scores from
+        removal: ``attention`` (the model's own [CLS] scores) or ``random`` (scores from
             ``generator``).
         keep_ratio: fraction of patches kept.
         block_size: removal block side, in patches.
@@ -138,13 +139,13 @@ def reconstruct(model, images: torch.Tensor, *, strategy: str = "attention", kee
     if model.decoder is None:
         raise NoDecoderError("this model has no pixel decoder (trained with --no-reconstruct, or an "
                              "open_clip model), so it cannot reconstruct")
-    if strategy not in ("attention", "random"):
-        raise UsageError(f"--strategy must be attention or random, not {strategy!r}")
+    if removal not in PROBE_REMOVALS:
+        raise UsageError(f"the removal strategy must be {one_of(PROBE_REMOVALS)}, not {removal!r}")
     visual, v = model.visual, model.cfg.vision
     grid, p = visual.grid_size, visual.patch_size
     b = images.shape[0]
     patches = visual.embed_patches(images)  # (B, L, D)
-    if strategy == "attention":
+    if removal == "attention":
         scores = reduce_cls_attention(visual.cls_attention(images), layer).mean(dim=1)  # (B, L)
     else:
         scores = random_scores(b, patches.shape[1], generator=generator, device=images.device)
@@ -156,16 +157,16 @@ def reconstruct(model, images: torch.Tensor, *, strategy: str = "attention", kee
     if norm_pix:
         _, mean, std = normalize_patches(target)
         pred = pred * std + mean  # back from per-patch normalised units
-    recon = to_pixels(unpatchify(pred, p, grid), v.mean, v.std)  # (B, 3, S, S)
+    pixels = to_pixels(unpatchify(pred, p, grid), v.mean, v.std)  # (B, 3, S, S)
     original = to_pixels(images, v.mean, v.std)
 
     removed = removal.mask.reshape(b, *grid)  # (B, gh, gw)
     # (B, gh, gw) -> (B, 1, S, S): each patch's flag over its P x P pixels.
     pixel_mask = removed[:, None].repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
-    pasted = torch.where(pixel_mask, recon, original)
+    pasted = torch.where(pixel_mask, pixels, original)
     kept = torch.where(pixel_mask, torch.full_like(original, 0.5), original)
     counted = pixel_mask if removal.mask.any() else torch.ones_like(pixel_mask)
     weight = counted.expand_as(original).float()
-    mse = ((recon - original).pow(2) * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp(min=1)
+    mse = ((pixels - original).pow(2) * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp(min=1)
     psnr = 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
-    return Reconstruction(original, kept, recon, pasted, removed, mse, psnr)
+    return Reconstruction(original, kept, pixels, pasted, removed, mse, psnr)

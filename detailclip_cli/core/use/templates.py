@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from detailclip_cli.core.data.demo import ZERO_SHOT_TEMPLATES
 from detailclip_cli.errors import UsageError
 
 DEFAULT_TEMPLATES = (
@@ -23,9 +24,7 @@ class TemplateError(UsageError, ValueError):
 
 def template_sets() -> dict[str, Sequence[Callable[[str], str]]]:
     """The named template sets: ``default`` (ours), ``demo`` (the demo digits), open_clip's ImageNet sets."""
-    import open_clip
-
-    from detailclip_cli.core.data.demo import ZERO_SHOT_TEMPLATES
+    import open_clip  # heavy import, only when templates are looked up
 
     return {
         "default": [_fill(t) for t in DEFAULT_TEMPLATES],
@@ -38,6 +37,20 @@ def template_sets() -> dict[str, Sequence[Callable[[str], str]]]:
 def _fill(template: str) -> Callable[[str], str]:
     # replace, not str.format: a template may contain other braces.
     return lambda name: template.replace("{}", name)
+
+
+def as_templates(templates: Sequence[str | Callable[[str], str]]) -> list[Callable[[str], str]]:
+    """Templates as callables: a string has ``{}`` where the label goes; a callable is kept.
+
+    Raises:
+        TemplateError: no templates, or a string without ``{}``.
+    """
+    if not templates:
+        raise TemplateError("no templates given")
+    bad = [t for t in templates if isinstance(t, str) and "{}" not in t]
+    if bad:
+        raise TemplateError(f"template {bad[0]!r} has no {{}} where the label goes")
+    return [_fill(t) if isinstance(t, str) else t for t in templates]
 
 
 def resolve_templates(spec: str | None, *, data: str | None = None) -> list[Callable[[str], str]]:

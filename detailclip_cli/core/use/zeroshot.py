@@ -7,16 +7,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from detailclip_cli.errors import UsageError
+from detailclip_cli.core.data import DataError, EvalDataset, class_names, read_samples
 from detailclip_cli.core.use.metrics import confusion_matrix, mean_per_class_recall, per_class_recall, top_k_accuracy
+from detailclip_cli.core.use.templates import TemplateError, as_templates, resolve_templates
+from detailclip_cli.errors import UsageError, WorkFailedError
 
 
 @torch.no_grad()
 def build_classifier(model, labels: Sequence[str], templates: Sequence[Callable[[str], str]], *,
                      batch_size: int = 256) -> torch.Tensor:
     """Zero-shot classifier weights: per label, the mean of its normalised template embeddings.
+
+    This is open_clip's ``build_zero_shot_classifier`` (the mean is renormalised), fed our
+    tokenizer and whole labels per text-tower call.
 
     Args:
         model: a :class:`DetailCLIP`.
@@ -27,16 +32,14 @@ def build_classifier(model, labels: Sequence[str], templates: Sequence[Callable[
     Returns:
         (C, E) unit-norm class embeddings.
     """
-    device = model.logit_scale.device
-    per_batch = max(1, batch_size // len(templates))
-    rows = []
-    for start in range(0, len(labels), per_batch):
-        names = [label.replace("_", " ") for label in labels[start:start + per_batch]]
-        prompts = [t(name) for name in names for t in templates]  # label-major
-        emb = model.encode_text(model.tokenize(prompts).to(device))  # (c*T, E), unit norm
-        emb = emb.reshape(len(names), len(templates), -1).mean(dim=1)  # (c, T, E) -> (c, E)
-        rows.append(F.normalize(emb, dim=-1))
-    return torch.cat(rows)
+    import open_clip  # heavy import, only when a classifier is built
+
+    weights = open_clip.build_zero_shot_classifier(
+        model, model.tokenize, [label.replace("_", " ") for label in labels], list(templates),
+        num_classes_per_batch=max(1, batch_size // len(templates)), device=model.logit_scale.device,
+    )  # (E, C)
+    # Contiguous like the rows it replaces, so `classify`'s matmul sees the same layout.
+    return weights.T.contiguous()  # (E, C) -> (C, E)
 
 
 @torch.no_grad()
@@ -54,6 +57,26 @@ def classify(model, images: torch.Tensor, classifier: torch.Tensor) -> torch.Ten
     image_emb = model.encode_image(images)  # (B, E), unit norm
     logits = model.scale() * image_emb @ classifier.T  # (B, C)
     return logits.float().softmax(dim=-1)
+
+
+def zero_shot(model, images: torch.Tensor, labels: Sequence[str],
+              templates: Sequence[str | Callable[[str], str]] | None = None) -> torch.Tensor:
+    """Probabilities of each image over free-text labels.
+
+    Args:
+        model: a :class:`DetailCLIP`.
+        images: (B, 3, S, S) normalised images on the model's device (:func:`load_images`).
+        labels: C label names.
+        templates: prompts with ``{}`` where the label goes (or callables label -> prompt);
+            None = the default set.
+
+    Returns:
+        (B, C) probabilities (rows sum to 1).
+    """
+    if not labels:
+        raise TemplateError("no labels given")
+    chosen = resolve_templates(None) if templates is None else as_templates(templates)
+    return classify(model, images, build_classifier(model, labels, chosen))
 
 
 @dataclass
@@ -103,8 +126,6 @@ def eval_samples(spec: str) -> tuple[list, list[str]]:
     Raises:
         UsageError: the set has no labels (or cannot be read).
     """
-    from detailclip_cli.core.data import DataError, class_names, read_samples
-
     try:
         samples = read_samples(spec, split="val")
         classes = class_names(spec, split="val")
@@ -130,10 +151,6 @@ def evaluate_zero_shot(model, samples: Sequence, classes: Sequence[str],
         batch_size: images per forward pass.
         on_batch: called with the number of images after each batch (progress).
     """
-    from torch.utils.data import DataLoader
-
-    from detailclip_cli.core.data import DataError, EvalDataset
-
     v = model.cfg.vision
     device = model.logit_scale.device
     classifier = build_classifier(model, classes, templates)
@@ -146,8 +163,6 @@ def evaluate_zero_shot(model, samples: Sequence, classes: Sequence[str],
             if on_batch is not None:
                 on_batch(len(batch["label"]))
     except DataError as exc:
-        from detailclip_cli.errors import WorkFailedError
-
         raise WorkFailedError(str(exc)) from None
     probs, labels = torch.cat(all_probs), torch.cat(all_labels)
     conf = confusion_matrix(probs.argmax(dim=1), labels, len(classes))

@@ -323,6 +323,7 @@ def test_shard_command_names_unreadable_images_and_exits_1(tmp_path, run_cli):
     assert scan_shard(tmp_path / "out" / "000000.tar").samples == 5
 
 
+@pytest.mark.slow
 def test_pretrain_on_shards_and_resume(shards, tmp_path, run_cli):
     out = tmp_path / "run"
     spec = f"{shards}/{{000000..000001}}.tar"

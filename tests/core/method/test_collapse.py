@@ -88,7 +88,7 @@ def test_monitor_warns_once_on_a_collapsed_batch():
 def test_cli_shows_a_collapse_warning_as_one_line():
     from rich.console import Console
 
-    from detailclip_cli.cli._common import drive
+    from detailclip_cli.cli.console import drive
     from detailclip_cli.core.training.loop import StepInfo
 
     def steps():

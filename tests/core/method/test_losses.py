@@ -9,7 +9,23 @@ import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
 
-from detailclip_cli.core.method.losses import ClsDistillLoss, PatchDistillLoss, clip_loss, entropy, patchify, reconstruction_loss, unpatchify
+from detailclip_cli.core.config import TrainConfig
+from detailclip_cli.core.method.losses import (
+    ClsDistillLoss,
+    PatchDistillLoss,
+    clip_loss,
+    cls_cosine_loss,
+    cosine_distance,
+    entropy,
+    kept_patch_cosine_loss,
+    loss_weights,
+    patchify,
+    pooled_mean,
+    reconstruction_loss,
+    removed_patch_cosine_loss,
+    unpatchify,
+    weighted_total,
+)
 
 # -- plain-Python references ----------------------------------------------------------------
 
@@ -235,3 +251,68 @@ def test_patch_distill_loss_uses_the_centre_on_the_next_call():
 def test_entropy_reference_values():
     assert entropy(torch.full((3, 4), 0.25)).item() == pytest.approx(math.log(4))
     assert entropy(torch.tensor([[1.0, 0.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_local_to_global_is_every_local_crop_against_every_global_view():
+    loss = ClsDistillLoss(3, 0.9)
+    center = torch.tensor([[0.2, -0.1, 0.0]])
+    loss.center.copy_(center)
+    teacher = torch.tensor([[[1.0, 0.0, -1.0]], [[0.5, 0.5, 0.0]]])  # (V=2, B=1, C=3)
+    student = torch.tensor([[[0.3, -0.2, 0.1]], [[0.0, 1.0, 0.0]], [[-1.0, 0.0, 2.0]]])  # (N=3, B=1, C=3)
+    got = loss.local_to_global(teacher_out=teacher, student_out=student, teacher_temp=0.5, student_temp=0.2)
+    want = sum(_ce(teacher[v, 0].tolist(), student[n, 0].tolist(), [0.2, -0.1, 0.0], 0.5, 0.2)
+               for v in range(2) for n in range(3)) / 6
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    assert torch.equal(loss.center, center)  # read, never moved
+
+
+# -- the weighted total ------------------------------------------------------------------------
+
+
+def test_weighted_total_uses_each_terms_own_weight():
+    cfg = TrainConfig(w_clip=0.5, w_rec=2.0, w_cls=3.0, w_patch=5.0)
+    assert loss_weights(cfg) == {"clip": 0.5, "rec": 2.0, "cls": 3.0, "patch": 5.0,
+                                 "patch_kept": 5.0, "patch_removed": 5.0}
+    losses = weighted_total({"clip": torch.tensor(1.0), "rec": torch.tensor(10.0), "cls": torch.tensor(100.0)}, cfg)
+    assert losses["loss"].item() == 0.5 + 20.0 + 300.0
+    kept = weighted_total({"rec": torch.tensor(1.0), "patch_kept": torch.tensor(2.0),
+                           "patch_removed": torch.tensor(4.0)}, cfg)
+    assert kept["loss"].item() == 2.0 + 10.0 + 20.0
+    with pytest.raises(KeyError):
+        weighted_total({"unknown": torch.tensor(1.0)}, cfg)  # a new term needs a weight
+
+
+# -- distillation from a frozen teacher: cosine terms ------------------------------------------
+
+
+def test_cosine_distance_reference_values():
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [3.0, 4.0]])
+    b = torch.tensor([[2.0, 0.0], [0.0, 5.0], [-1.0, 0.0], [4.0, 3.0]])
+    torch.testing.assert_close(cosine_distance(a, b), torch.tensor([0.0, 1.0, 2.0, 1.0 - 24.0 / 25.0]))
+
+
+def test_pooled_mean_weighs_by_pair_counts():
+    assert pooled_mean((torch.tensor(1.0), 2), (torch.tensor(4.0), 6)).item() == pytest.approx((2 + 24) / 8)
+
+
+def test_cls_cosine_loss_pools_same_view_and_local_pairs():
+    e = torch.eye(3)
+    teacher = torch.stack([e[0], e[0], e[1], e[1]])  # (V*B=4, E): view 0 = [e0, e0], view 1 = [e1, e1]
+    student = torch.stack([e[0], -e[0], e[1], e[2]])  # distances 0, 2, 0, 1
+    assert cls_cosine_loss(teacher_emb=teacher, student_emb=student).item() == pytest.approx(3 / 4)
+    local = torch.stack([e[0], e[0]]).unsqueeze(0)  # (N=1, B=2, E): both crops along e0
+    # local pairs: against view 0 (e0): 0, 0; against view 1 (e1): 1, 1 -> mean 0.5 over V*N = 2 pairs
+    got = cls_cosine_loss(teacher_emb=teacher, student_emb=student, local_emb=local, views=2)
+    assert got.item() == pytest.approx((3 / 4 * 2 + 0.5 * 2) / 4)
+
+
+def test_patch_cosine_losses_compare_the_right_positions():
+    e = torch.eye(2)
+    teacher = torch.stack([e[0], e[1], -e[0]]).unsqueeze(0)  # (B=1, L=3, D=2)
+    kept = kept_patch_cosine_loss(teacher_patches=teacher, student_kept=torch.stack([e[1], e[1]]).unsqueeze(0),
+                                  ids_keep=torch.tensor([[1, 2]]))
+    assert kept.item() == pytest.approx((0.0 + 1.0) / 2)  # position 1 matches, position 2 is orthogonal
+    student = torch.stack([-e[0], e[0], e[0]]).unsqueeze(0)  # distances 2, 1, 2
+    removed = removed_patch_cosine_loss(teacher_patches=teacher, student_patches=student,
+                                        mask=torch.tensor([[True, False, True]]))
+    assert removed.item() == pytest.approx(2.0)  # the kept position 1 does not count

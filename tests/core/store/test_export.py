@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import sys
 
+import open_clip
 import pytest
+import timm
 import torch
+from helpers import cli
 
-open_clip = pytest.importorskip("open_clip")
-timm = pytest.importorskip("timm")
-
-from helpers import cli  # noqa: E402
-from detailclip_cli.core.config import DecoderConfig, HeadConfig, ModelConfig, TextConfig, TrainConfig, VisionConfig  # noqa: E402
+from detailclip_cli.core.config import (
+    DecoderConfig,
+    HeadConfig,
+    ModelConfig,
+    TextConfig,
+    TrainConfig,
+    VisionConfig,
+)
+from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.store.export import ExportError, to_open_clip, to_timm
 from detailclip_cli.core.store.io import save_model
-from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.store.openclip import from_open_clip
 
 # Our presets' layout (no ln_pre, eps 1e-6, GELU, biased patch embedding), and CLIP's.
@@ -113,8 +119,8 @@ def test_timm_export_gives_the_same_tokens(layout, tmp_path, monkeypatch, capsys
 def _run_folder_with_teacher(folder):
     """A run folder whose EMA teacher visibly differs from its student."""
     from detailclip_cli.core.method.objective import DetailCLIPObjective
+    from detailclip_cli.core.store.run import RunFolder
     from detailclip_cli.core.training.optim import build_optimizer
-    from detailclip_cli.core.store.run import save_checkpoint
 
     model = tiny_model()
     cfg = TrainConfig(steps=1, batch_size=2)
@@ -122,7 +128,7 @@ def _run_folder_with_teacher(folder):
     with torch.no_grad():
         for p in objective.teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    save_checkpoint(folder, objective, build_optimizer(objective, cfg), step=1)
+    RunFolder(folder).save_checkpoint(objective, build_optimizer(objective, cfg), step=1)
     return model, objective.teacher
 
 

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 
+import open_clip
 import pytest
 import torch
+from helpers import cli, register  # tests/ is on pytest's pythonpath
 
-open_clip = pytest.importorskip("open_clip")
-
-# tests/ is on sys.path (pytest's rootdir conftest): reuse the helpers of the neighbouring tests.
-from helpers import cli  # noqa: E402
-from helpers import register  # noqa: E402
-
-from detailclip_cli.core.config import load_preset  # noqa: E402
-from detailclip_cli.core.use.zeroshot import build_classifier, classify
+from detailclip_cli.core.config import load_preset
 from detailclip_cli.core.store.init_weights import load_init
 from detailclip_cli.core.store.io import load_tensors
 from detailclip_cli.core.training.pretrain import train
+from detailclip_cli.core.use.zeroshot import build_classifier, classify
 
 NAME = "detailclip-test-init-tiny"
 

@@ -8,12 +8,19 @@ import shutil
 
 import pytest
 import torch
+from helpers import small_model_cfg
 from safetensors import safe_open
 
-from detailclip_cli.core.store.io import CONFIG_FILE, MODEL_FILE, ModelLoadError, load_model, save_model
 from detailclip_cli.core.model.detailclip import DetailCLIP
+from detailclip_cli.core.store.io import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    ModelLoadError,
+    load_model,
+    save_model,
+)
+from detailclip_cli.core.store.run import RunFolder, read_metrics
 from detailclip_cli.errors import UsageError
-from helpers import small_model_cfg
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +174,21 @@ def test_loading_copies_to_another_folder(saved, tmp_path, inputs, model):
     loaded = load_model(copy)
     with torch.no_grad():
         assert torch.equal(loaded.encode_text(inputs[1]), model.encode_text(inputs[1]))
+
+
+def test_run_folder_metrics_rows_lenient_and_strict(tmp_path):
+    """A reader of a live run skips a torn last line; ``strict`` (for a file a person names) says where it is."""
+    run = RunFolder(tmp_path)
+    assert run.metrics() == [] and not run.is_run() and not run.has_settings()
+    run.create({"train": {}})
+    assert run.has_settings() and run.recorded() == {"train": {}}
+    run.append_metrics({"step": 1, "loss": 2.0})
+    run.append_metrics({"step": 2, "loss": 1.5})
+    with open(run.metrics_file, "a") as f:
+        f.write('{"step": 3, "lo')
+    assert [r["step"] for r in run.metrics()] == [1, 2]
+    with pytest.raises(UsageError, match=r"metrics.jsonl:3 is not a JSON line"):
+        read_metrics(run.metrics_file, strict=True)
+    run.metrics_file.write_text('{"step": 1}\n\n[1, 2]\n')
+    with pytest.raises(UsageError, match=r"metrics.jsonl:3 has no 'step' \(not a detailclip metrics.jsonl\?\)"):
+        read_metrics(run.metrics_file, strict=True)

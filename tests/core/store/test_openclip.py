@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-
+import open_clip
 import pytest
 import torch
-
-open_clip = pytest.importorskip("open_clip")
-
 from helpers import register
-from detailclip_cli.core.use.zeroshot import build_classifier
-from detailclip_cli.core.store.lookup import resolve_model
-from detailclip_cli.core.store.io import ModelLoadError, load_model, save_model
-from detailclip_cli.core.store.openclip import from_open_clip
 
+from detailclip_cli.core.store.io import ModelLoadError, load_model, save_model
+from detailclip_cli.core.store.lookup import resolve_model
+from detailclip_cli.core.store.openclip import from_open_clip
+from detailclip_cli.core.use.zeroshot import build_classifier
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +138,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_not_run(tiny_weights, tmp_p
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_hub_tags_respect_hf_hub_offline(tmp_path):
     import os
     import subprocess

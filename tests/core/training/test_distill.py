@@ -172,6 +172,7 @@ def test_self_distillation_on_a_folder_without_captions(demo_cache, tmp_path):
     assert settings["command"] == "distill" and settings["teacher"] is None and settings["local_crops"] == 2
 
 
+@pytest.mark.slow
 def test_self_distillation_resumes_exactly(demo_cache, tmp_path):
     model_cfg, train_cfg = small_configs(steps=2, save_every=1, batch_size=4, removal="random")
     full = list(distill(model_cfg, train_cfg, out_dir=tmp_path / "full", device="cpu", local_crops=1))
@@ -271,6 +272,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ), timeout=300)
 
 
+@pytest.mark.slow
 def test_distill_cli_frozen_teacher_and_resume(demo_cache, teacher_dir, tmp_path):
     config = tmp_path / "student.json"
     config.write_text(json.dumps({"preset": "tiny", "model": {"vision": {"depth": 2, "width": 96}, "head": {"out_dim": 128}},
@@ -288,6 +290,7 @@ def test_distill_cli_frozen_teacher_and_resume(demo_cache, teacher_dir, tmp_path
     assert result.returncode == 2 and result.stderr.startswith("error: --resume continues a run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--teacher", "/no/such/model"], "model not found: /no/such/model"),
     (["--student", "huge"], "unknown preset 'huge'"),
@@ -307,12 +310,14 @@ STUDENT_STEPS = 200
 STUDENT_MIN_TOP1 = 0.3
 
 
+@pytest.mark.slow
 def test_a_student_distilled_from_the_shipped_model_reads_the_demo_colours(demo_cache, tmp_path):
     """A student with a fraction of the teacher's image tower and 32 px views, distilled for a
     few steps from the shipped model, classifies the demo validation split zero-shot through
     the teacher's text tower far above chance (1/8; the majority class is 17.6 %)."""
     from detailclip_cli.core.use.zeroshot import eval_samples, evaluate_zero_shot
-    from detailclip_cli.core.store.lookup import resolve_model, shipped_model_dir
+    from detailclip_cli.core.store.lookup import resolve_model
+    from detailclip_cli.core.store.shipped import shipped_model_dir
     from detailclip_cli.core.use.templates import resolve_templates
 
     model_cfg, train_cfg = load_preset("tiny")

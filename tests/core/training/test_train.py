@@ -10,9 +10,9 @@ import torch
 
 from detailclip_cli.core.config import TrainConfig, load_preset
 from detailclip_cli.core.store.io import load_model
-from detailclip_cli.errors import TrainingError
 from detailclip_cli.core.training.optim import lr_at
 from detailclip_cli.core.training.pretrain import train
+from detailclip_cli.errors import TrainingError
 
 
 def small_configs(**train_overrides):
@@ -25,6 +25,7 @@ def small_configs(**train_overrides):
     return model_cfg, train_cfg
 
 
+@pytest.mark.slow
 def test_short_run_lowers_the_loss(demo_cache, tmp_path):
     model_cfg, train_cfg = small_configs(steps=40, batch_size=16, lr=2e-3, warmup_steps=4, save_every=40)
     infos = list(train(model_cfg, train_cfg, data="demo", out_dir=tmp_path / "run", device="cpu"))
@@ -39,6 +40,7 @@ def test_short_run_lowers_the_loss(demo_cache, tmp_path):
     assert {"loss", "clip", "rec", "cls", "patch", "lr", "images_per_sec"} <= set(records[0])
 
 
+@pytest.mark.slow
 def test_resume_reaches_the_same_weights(demo_cache, tmp_path):
     model_cfg, train_cfg = small_configs(removal="random")
     full = list(train(model_cfg, train_cfg, out_dir=tmp_path / "full", device="cpu"))
@@ -111,10 +113,12 @@ def test_lr_schedule():
     assert lr_at(100, cfg) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_resume_refuses_checkpoint_files_from_different_steps(demo_cache, tmp_path):
+    from safetensors.torch import load_file
+
     from detailclip_cli.core.config import ConfigError
     from detailclip_cli.core.store.io import save_tensors
-    from safetensors.torch import load_file
 
     model_cfg, train_cfg = small_configs(steps=2, save_every=1)
     list(train(model_cfg, train_cfg, out_dir=tmp_path, device="cpu"))
@@ -169,6 +173,7 @@ def test_mostly_broken_data_stops_with_an_example(tmp_path):
         list(train(model_cfg, train_cfg, data=str(data), out_dir=tmp_path / "run", device="cpu"))
 
 
+@pytest.mark.slow
 def test_compiled_blocks_give_the_same_losses_and_checkpoint_keys(demo_cache, tmp_path):
     from safetensors.torch import load_file
 
@@ -190,13 +195,14 @@ def test_compiled_blocks_give_the_same_losses_and_checkpoint_keys(demo_cache, tm
 
 
 def test_demo_views_are_never_mirrored():
-    from detailclip_cli.core.training.pretrain import train_augment
+    from detailclip_cli.core.training.trainset import train_augment
 
-    demo, user = train_augment(64, "demo"), train_augment(64, "./imgs")
+    demo, user = train_augment(64, chiral=True), train_augment(64, chiral=False)
     assert demo.hflip == 0.0 and user.hflip == 0.5  # demo captions say left and right
     assert demo.crop_scale == user.crop_scale == (0.35, 1.0)  # otherwise the general small-image recipe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_close_to_fp32(demo_cache, tmp_path, precision):
     from detailclip_cli.core.device import autocast_dtype

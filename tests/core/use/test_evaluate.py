@@ -1,59 +1,12 @@
-"""Evaluation metrics against hand-computed cases, and the probes on constructed features."""
+"""The probes of ``evaluate`` on constructed features: weighted k-NN and the dense linear probe."""
 
 from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from detailclip_cli.core.use import evaluate as E
-from detailclip_cli.core.use import metrics as M
-
-
-def test_recall_at_k_hand_computed():
-    scores = torch.tensor([
-        [0.9, 0.1, 0.0],   # correct first
-        [0.8, 0.5, 0.2],   # correct second
-        [0.7, 0.6, 0.1],   # correct last
-    ])
-    r = M.recall_at_k(scores, ks=(1, 2, 3))
-    assert r == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: pytest.approx(1.0)}
-
-
-def test_recall_at_k_ties_count_against_the_query():
-    flat = torch.ones(4, 4)  # everything ties: no credit at k=1
-    assert M.recall_at_k(flat, ks=(1, 4)) == {1: 0.0, 4: 1.0}
-    scores = torch.tensor([[0.5, 0.5], [0.1, 0.9]])  # row 0 ties with one other item
-    assert M.recall_at_k(scores, ks=(1, 2)) == {1: 0.5, 2: 1.0}
-
-
-def test_retrieval_metrics_both_directions():
-    img = torch.eye(3)
-    txt = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # texts 1 and 2 swapped
-    m = M.retrieval_metrics(img, txt, ks=(1, 5))
-    assert m["image_to_text_R@1"] == pytest.approx(1 / 3)
-    assert m["text_to_image_R@1"] == pytest.approx(1 / 3)
-    assert m["image_to_text_R@5"] == 1.0
-
-
-def test_miou_with_an_absent_class():
-    target = torch.tensor([[0, 0, 1, 1]])
-    pred = torch.tensor([[0, 1, 1, 1]])
-    conf = M.segmentation_confusion(pred, target, num_classes=3)  # class 2 absent everywhere
-    assert conf.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
-    m = M.miou_from_confusion(conf)
-    # class 0: tp 1, union 2 -> 0.5; class 1: tp 2, union 3 -> 2/3; class 2 absent -> excluded
-    assert m["iou"][0] == pytest.approx(0.5) and m["iou"][1] == pytest.approx(2 / 3) and m["iou"][2] is None
-    assert m["mIoU"] == pytest.approx((0.5 + 2 / 3) / 2)
-    assert m["pixel_accuracy"] == pytest.approx(3 / 4)
-
-
-def test_miou_counts_a_predicted_but_absent_class_as_zero():
-    conf = M.segmentation_confusion(torch.tensor([2, 1]), torch.tensor([1, 1]), num_classes=3)
-    m = M.miou_from_confusion(conf)
-    assert m["iou"] == [None, pytest.approx(0.5), pytest.approx(0.0)]
-    assert m["mIoU"] == pytest.approx(0.25)
 
 
 def test_knn_weighted_vote():

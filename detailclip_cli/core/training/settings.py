@@ -1,0 +1,102 @@
+"""The configs of a training run: a new one (preset or config file, then overrides, epochs to
+steps) or a resumed one (its recorded settings, with the few changes a resume allows).
+
+Both recipes (pretrain, distill) and their commands start here, and so can a notebook::
+
+    given = overrides(steps=600, keep_ratio=0.25)
+    model_cfg, train_cfg = new_configs("tiny", None, given, epochs=None, count_samples=lambda: 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from detailclip_cli.core.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    load_config_file,
+    load_preset,
+)
+from detailclip_cli.core.data import open_source
+from detailclip_cli.core.store.run import RunFolder
+
+# What may change when a run is resumed (besides the device and the number of processes).
+RESUME_OVERRIDES = frozenset({"steps", "workers", "log_every", "save_every", "max_bad_fraction", "compile",
+                              "precision", "accum_steps", "grad_checkpointing"})
+
+_TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def overrides(**values: Any) -> dict[str, Any]:
+    """The ``TrainConfig`` fields a caller set, each keyword a field name; ``None`` means not set.
+
+    A choice given as an enum member is stored as its plain string, as a config file holds it.
+
+    Raises:
+        TypeError: a keyword that is no ``TrainConfig`` field (a slip in the caller, not in its input).
+    """
+    unknown = sorted(set(values) - _TRAIN_FIELDS)
+    if unknown:
+        raise TypeError(f"not TrainConfig fields: {', '.join(unknown)}")
+    return {k: v.value if isinstance(v, Enum) else v for k, v in values.items() if v is not None}
+
+
+def epoch_samples(data: str, *, samples_per_epoch: int | None = None, images_only: bool = False) -> int:
+    """Samples in one epoch of ``data``, for ``epochs``: of tar shards (or ``samples_per_epoch``),
+    else what the reader finds (all images, with or without captions, when ``images_only``)."""
+    return len(open_source(data, split="train", images_only=images_only, samples_per_epoch=samples_per_epoch or 0))
+
+
+def new_configs(preset: str | None, config: Path | None, given: dict[str, Any], *, epochs: float | None,
+                count_samples: Callable[[], int],
+                preset_option: str = "--preset") -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of a new run: a preset or config file, then the overrides.
+
+    Args:
+        preset: preset name (default tiny).
+        config: a JSON config file (exclusive with ``preset``).
+        given: overrides from :func:`overrides`.
+        epochs: training length in passes over the data, turned into steps (exclusive with a
+            ``steps`` override).
+        count_samples: how many training samples the data has (only called for ``epochs``),
+            e.g. ``lambda: epoch_samples(data)``.
+        preset_option: the option that names the preset, for messages.
+    """
+    if config is not None:
+        if preset:
+            raise ConfigError(f"give either {preset_option} or --config (a config file may name its preset)")
+        model_cfg, train_cfg = load_config_file(config)
+    else:
+        model_cfg, train_cfg = load_preset(preset or "tiny")
+    if epochs is not None:
+        if "steps" in given:
+            raise ConfigError("give --steps or --epochs, not both")
+        per_epoch = count_samples() // given.get("batch_size", train_cfg.batch_size)
+        given = {**given, "steps": max(1, round(epochs * per_epoch))}
+    return model_cfg, TrainConfig.from_dict({**train_cfg.to_dict(), **given})
+
+
+def resume_configs(resume: Path, given: dict[str, Any], *,
+                   other_options: bool) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """The configs and settings of the run to resume, with the few allowed overrides applied.
+
+    Args:
+        resume: the run folder.
+        given: overrides from :func:`overrides`; only :data:`RESUME_OVERRIDES` may be among them.
+        other_options: whether options that fix a run's settings (preset, config, switches,
+            --epochs ...) were given too, which is an error.
+
+    Returns:
+        (model config, training config, the settings recorded in ``run.json``).
+    """
+    if set(given) - RESUME_OVERRIDES or other_options:
+        raise ConfigError("--resume continues a run with its own settings; only --steps, --workers, "
+                          "--device, --log-every, --save-every, --max-bad-fraction, --compile, --precision, "
+                          "--accum-steps and --grad-checkpointing may be given with it")
+    model_cfg, train_cfg, settings = RunFolder(resume).settings()
+    return model_cfg, TrainConfig.from_dict({**train_cfg.to_dict(), **given}), settings
