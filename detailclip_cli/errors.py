@@ -2,7 +2,8 @@
 
 
 class DetailclipError(Exception):
-    """Base of the errors the CLI prints as one line; ``exit_code`` follows CLI.md."""
+    """Base of the errors the CLI prints as one line; ``exit_code`` is the process's exit status
+    (1 the work failed, 2 a usage error; the README lists them)."""
 
     exit_code = 1
 

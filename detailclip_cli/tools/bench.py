@@ -45,9 +45,13 @@ from typing import Any
 import torch
 
 from detailclip_cli.core.config import ConfigError, ModelConfig, TrainConfig, load_preset
+from detailclip_cli.core.data import TwoViewDataset, open_source
 from detailclip_cli.core.device import resolve_device
 from detailclip_cli.core.method import stages
 from detailclip_cli.core.model.removal import num_kept, random_scores, remove_tokens
+from detailclip_cli.core.store.openclip import from_open_clip
+from detailclip_cli.core.training.loop import iterate_batches
+from detailclip_cli.core.training.trainset import train_augment
 from detailclip_cli.tools.costs import (STEP_STAGES, TrainStep, count_flops, matmul_gflops, median_seconds,
                                         round_sig, step_memory_in_subprocess, synchronize, variant_configs)
 
@@ -292,9 +296,6 @@ class _Bench:
                 "ratio": _ratio(scored, plain), "overhead": round_sig(scored / plain - 1.0)}
 
     def data(self) -> dict:
-        from detailclip_cli.core.data import TwoViewDataset, open_source
-        from detailclip_cli.core.training.trainset import train_augment
-
         step = self.step("detailclip")
         v = step.model.cfg.vision
         samples = open_source(self.cfg.data, split="train", streaming=False)
@@ -347,8 +348,6 @@ def loader_images_per_s(dataset, cfg: TrainConfig, *, repeats: int) -> float:
     the workers prefetched meanwhile are skipped; the windows stay within one epoch, so no
     timed window includes starting the workers again.
     """
-    from detailclip_cli.core.training.loop import iterate_batches
-
     per_epoch = len(dataset) // cfg.batch_size
     skip = 1 + 2 * cfg.workers  # DataLoader prefetches 2 batches per worker
     per_window = max(1, math.ceil(LOADER_MIN_IMAGES / cfg.batch_size))
@@ -377,7 +376,6 @@ def open_clip_twins(model_cfg: ModelConfig, *, device: torch.device):
     """
     import open_clip
 
-    from detailclip_cli.core.store.openclip import from_open_clip
 
     v, t = model_cfg.vision, model_cfg.text
     theirs = open_clip.CLIP(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import sys
 import tarfile
 from pathlib import Path
@@ -347,11 +348,34 @@ def test_pretrain_on_a_damaged_shard_skips_and_counts(damaged, tmp_path, run_cli
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["bad_samples"] == 4
 
 
+@pytest.mark.slow
 def test_distill_on_shards(shards, tmp_path, run_cli):
+    """Distillation streams the shards (all 32 samples of the 4 shards counted, none bad) with
+    its local crops, and its steps change the student."""
+    out = tmp_path / "run"
     result = run_cli("distill", "--data", shards, "--steps", "2", "--batch-size", "8", "--local-crops", "2",
-                     "--out", tmp_path / "run", "--device", "cpu")
+                     "--out", out, "--device", "cpu", "--log-every", "1")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "run" / "model.safetensors").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"] == str(shards) and run["local_crops"] == 2
+    assert run["data_report"]["samples"] == 32
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["bad_samples"] == 0 for r in rows)
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    # The saved student is not the one it started from (seeded alike, so step 0 is reproducible).
+    from detailclip_cli.core.config import load_preset
+    from detailclip_cli.core.device import seed_everything
+    from detailclip_cli.core.model.detailclip import DetailCLIP
+    from detailclip_cli.core.store.io import load_tensors
+
+    trained = load_tensors(out / "model.safetensors")
+    seed_everything(run["train"]["seed"])
+    start = DetailCLIP(load_preset("tiny")[0]).state_dict()
+    # The text tower is not trained: equal to the seeded start, which shows the start is known ...
+    assert all(torch.equal(trained[k], start[k]) for k in trained if k.startswith("text."))
+    # ... and the image tower's weights moved from it.
+    moved = [k for k in trained if k.startswith("visual.") and not torch.equal(trained[k], start[k])]
+    assert len(moved) > len([k for k in trained if k.startswith("visual.")]) // 2, moved
 
 
 def test_shard_options_are_one_line_errors(shards, folder, tmp_path, run_cli):
