@@ -190,7 +190,8 @@ class SelfDistillObjective(_DistillObjective):
         student_tokens = features if features is not None else latent
         losses.update(stages.ibot_losses(student_head=model.head, teacher_head=self.teacher.head,
                                          cls_loss=self.cls_loss, patch_loss=self.patch_loss,
-                                         student_tokens=student_tokens, teacher_tokens=teacher_tokens,
+                                         student_tokens=student_tokens, student_cls=latent[:, 0],
+                                         teacher_tokens=teacher_tokens,
                                          removal=removal, cfg=c, teacher_temp_patch=self.teacher_temp_patch(step)))
         with stage("heads_losses"):
             if local is not None:

@@ -51,6 +51,25 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: each view's partner is its positive, every other view in the batch a negative.
+
+    Args:
+        z1, z2: (B, E) the two views' projections (normalised here); row i of each is image i.
+        temperature: the softmax temperature (SimCLR and SLIP use 0.1).
+
+    Returns:
+        Scalar: the mean over all 2B views of the cross-entropy of picking the partner among
+        the 2B - 1 other views.
+    """
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)  # (2B, E)
+    n = z1.shape[0]
+    logits = z @ z.T / temperature  # (2B, 2B)
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))  # no self-pairs
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)  # view i <-> view i + B
+    return F.cross_entropy(logits, partner)
+
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, 3, H, W) -> (B, L, P*P*3), patches in row-major grid order, pixels (p, q, channel)."""
     b, c, h, w = images.shape

@@ -126,22 +126,24 @@ class DetailCLIPObjective(nn.Module):
         if self.model.head is not None:
             # Decoder features predict the removed positions from context; without them, the encoder's.
             student_tokens = features if features is not None else latent
-            losses.update(self.distill_losses(student_tokens, teacher_tokens, removal, step))
+            losses.update(self.distill_losses(student_tokens, latent[:, 0], teacher_tokens, removal, step))
         with stage("heads_losses"):
             return weighted_total(losses, self.cfg)
 
-    def distill_losses(self, student_tokens: torch.Tensor, teacher_tokens: torch.Tensor,
+    def distill_losses(self, student_tokens: torch.Tensor, student_cls: torch.Tensor, teacher_tokens: torch.Tensor,
                        removal: Removal, step: int) -> dict[str, torch.Tensor]:
         """iBOT [CLS] (across views) and patch (same view) losses (:func:`stages.ibot_losses`).
 
         Args:
             student_tokens: (VB, 1 + L, D) decoder features on the full grid, or (VB, 1 + K, D)
                 encoder tokens when there is no decoder.
+            student_cls: (VB, D) the encoder's [CLS] token, for the [CLS] loss.
             teacher_tokens: (VB, 1 + L, D) teacher tokens of the full views.
             removal: the removal that produced the student's input.
             step: global step, for the patch temperature warm-up.
         """
         return stages.ibot_losses(student_head=self.model.head, teacher_head=self.teacher.head,
                                   cls_loss=self.cls_loss, patch_loss=self.patch_loss,
-                                  student_tokens=student_tokens, teacher_tokens=teacher_tokens, removal=removal,
+                                  student_tokens=student_tokens, student_cls=student_cls,
+                                  teacher_tokens=teacher_tokens, removal=removal,
                                   cfg=self.cfg, teacher_temp_patch=self.teacher_temp_patch(step))

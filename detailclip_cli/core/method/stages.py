@@ -208,15 +208,19 @@ def reconstruct(model: DetailCLIP, cfg: TrainConfig, images: torch.Tensor, laten
 
 
 def ibot_losses(*, student_head: nn.Module, teacher_head: nn.Module, cls_loss: ClsDistillLoss,
-                patch_loss: PatchDistillLoss, student_tokens: torch.Tensor, teacher_tokens: torch.Tensor,
-                removal: Removal, cfg: TrainConfig, teacher_temp_patch: float) -> dict[str, torch.Tensor]:
+                patch_loss: PatchDistillLoss, student_tokens: torch.Tensor, student_cls: torch.Tensor,
+                teacher_tokens: torch.Tensor, removal: Removal, cfg: TrainConfig,
+                teacher_temp_patch: float) -> dict[str, torch.Tensor]:
     """The heads and the iBOT [CLS] (across views) and patch (same view) losses (stage ``heads_losses``).
 
     Args:
         student_head, teacher_head: the student's distillation head and the teacher's copy.
         cls_loss, patch_loss: the losses holding the centres (moved by this call).
         student_tokens: (VB, 1 + L, D) decoder features on the full grid, or (VB, 1 + K, D)
-            encoder tokens when there is no decoder.
+            encoder tokens when there is no decoder; their patch rows feed the patch loss.
+        student_cls: (VB, D) the *encoder's* [CLS] token, which the [CLS] loss reads (as the
+            authors do: the token CLIP uses is the one distilled, and no [CLS] gradient reaches
+            the decoder).
         teacher_tokens: (VB, 1 + L, D) teacher tokens of the full views.
         removal: the removal that produced the student's input.
         cfg: the temperatures.
@@ -240,12 +244,16 @@ def ibot_losses(*, student_head: nn.Module, teacher_head: nn.Module, cls_loss: C
         t_patch = teacher_out[:, 1:]
         if positions is not None:
             if full:
-                rows = torch.cat([positions.new_zeros(vb, 1), positions + 1], dim=1)  # (VB, 1 + M)
-                rows = rows.unsqueeze(-1).expand(-1, -1, student_tokens.shape[-1])
-                student_tokens = torch.gather(student_tokens, 1, rows)  # (VB, 1 + M, D)
+                rows = (positions + 1).unsqueeze(-1).expand(-1, -1, student_tokens.shape[-1])  # (VB, M, D)
+                student_patches = torch.gather(student_tokens, 1, rows)  # (VB, M, D)
+            else:
+                student_patches = student_tokens[:, 1:]  # (VB, K, D), the kept positions in order
             ids = positions.unsqueeze(-1).expand(-1, -1, t_patch.shape[-1])
             t_patch = torch.gather(t_patch, 1, ids)  # (VB, L, C) -> (VB, M, C)
-        student_out = student_head(student_tokens)  # (VB, 1 + M, C)
+        else:
+            student_patches = student_tokens[:, 1:]  # (VB, L, D)
+        # The encoder's [CLS] in row 0, the decoder's (or encoder's) patch tokens after it: one head call.
+        student_out = student_head(torch.cat([student_cls.unsqueeze(1), student_patches], dim=1))  # (VB, 1 + M, C)
         # Every compared position counts: the removed ones with a decoder, the kept ones without.
         mask = torch.ones(t_patch.shape[:2], dtype=torch.bool, device=t_patch.device)
         shape = (NUM_VIEWS, vb // NUM_VIEWS, -1)

@@ -316,3 +316,29 @@ def test_patch_cosine_losses_compare_the_right_positions():
     removed = removed_patch_cosine_loss(teacher_patches=teacher, student_patches=student,
                                         mask=torch.tensor([[True, False, True]]))
     assert removed.item() == pytest.approx(2.0)  # the kept position 1 does not count
+
+
+def test_nt_xent_hand_computed():
+    """Two images, unit vectors at known angles: each view's loss is -log of its partner's share."""
+    import math
+
+    from detailclip_cli.core.method.losses import nt_xent_loss
+
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[0.6, 0.8], [-0.8, 0.6]])  # image 0's second view is 53 degrees off its first
+    t = 0.5
+    z = [z1[0], z1[1], z2[0], z2[1]]
+    partner = [2, 3, 0, 1]
+    expected = 0.0
+    for i in range(4):
+        logits = [float(z[i] @ z[j]) / t for j in range(4) if j != i]
+        others = [j for j in range(4) if j != i]
+        expected += -(float(z[i] @ z[partner[i]]) / t - math.log(sum(math.exp(x) for x in logits)))
+        assert partner[i] in others
+    expected /= 4
+    got = nt_xent_loss(z1 * 3.0, z2, temperature=t)  # scale does not matter: the views are normalised
+    assert abs(got.item() - expected) < 1e-6, (got.item(), expected)
+    # Swapping the views is the same loss; a batch of identical pairs far apart is near zero.
+    assert abs(nt_xent_loss(z2, z1, t).item() - expected) < 1e-6
+    far = torch.eye(3) * 10
+    assert nt_xent_loss(far, far, temperature=0.01).item() < 1e-6

@@ -324,9 +324,12 @@ def test_distill_losses_equal_the_full_grid_computation(keep_ratio):
     teacher_tokens, scores = obj.teacher_pass(images)
     removal = obj.remove(obj.model.visual.embed_patches(images), scores, step=0)
     student_tokens = torch.randn(2 * B, 65, 48, generator=torch.Generator().manual_seed(4))
-    got = obj.distill_losses(student_tokens, teacher_tokens, removal, step=0)
+    student_cls = torch.randn(2 * B, 48, generator=torch.Generator().manual_seed(5))
+    got = obj.distill_losses(student_tokens, student_cls, teacher_tokens, removal, step=0)
 
-    s_out, t_out = obj.model.head(student_tokens), obj.teacher.head(teacher_tokens)
+    # The [CLS] row is the encoder's [CLS] given separately, not the decoder's row 0.
+    s_out = obj.model.head(torch.cat([student_cls.unsqueeze(1), student_tokens[:, 1:]], dim=1))
+    t_out = obj.teacher.head(teacher_tokens)
     cls_ref = ClsDistillLoss(64, obj.cfg.center_momentum)
     patch_ref = PatchDistillLoss(64, obj.cfg.center_momentum)
     shape = (2, B, -1)
@@ -363,3 +366,34 @@ def test_conv_stem_tokens_and_config_checks():
                      ({"stem": "conv", "patch_size": 6, "image_size": 60}, "power-of-two patch_size")]:
         with pytest.raises(ConfigError, match=msg):
             dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **bad)).validate()
+
+
+def test_cls_loss_reads_the_encoders_cls_and_sends_no_gradient_to_the_decoder():
+    """The iBOT [CLS] loss is computed from the encoder's [CLS] (as the authors wire it): its
+    gradient with respect to every decoder parameter is exactly zero, it reaches the encoder,
+    and its value equals the loss computed by hand from the encoder's [CLS] token."""
+    from detailclip_cli.core.method import stages
+    from detailclip_cli.core.method.losses import ClsDistillLoss
+
+    obj = _objective()
+    images = torch.cat([_images(B, seed=20), _images(B, seed=21)])
+    teacher_tokens, scores = obj.teacher_pass(images)
+    latent, removal = stages.encode_student(obj.model, obj.cfg, images, scores, 0, None)
+    _, features = stages.reconstruct(obj.model, obj.cfg, images, latent, removal)
+    assert features is not None and removal.mask.any()
+    ref = ClsDistillLoss(64, obj.cfg.center_momentum)
+    ref.load_state_dict(obj.cls_loss.state_dict())  # the same centre before the call
+    losses = obj.distill_losses(features, latent[:, 0], teacher_tokens, removal, step=0)
+
+    obj.model.zero_grad(set_to_none=True)
+    losses["cls"].backward(retain_graph=True)
+    decoder_grads = [p.grad for p in obj.model.decoder.parameters()]
+    assert all(g is None or bool((g == 0).all()) for g in decoder_grads)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.model.visual.parameters())
+
+    with torch.no_grad():
+        shape = (2, B, -1)
+        want = ref(teacher_out=obj.teacher.head(teacher_tokens)[:, 0].reshape(shape),
+                   student_out=obj.model.head(latent[:, 0]).reshape(shape),
+                   teacher_temp=obj.cfg.teacher_temp_cls, student_temp=obj.cfg.student_temp)
+    torch.testing.assert_close(losses["cls"].detach(), want)
