@@ -4,7 +4,7 @@ Every module of ``detailclip_cli`` is parsed (nothing is imported), and every ``
 ``from x import y`` in it, at module level or inside a function, relative ones resolved, becomes
 an edge of the module graph. The layers are those of ``docs/design.md``:
 
-    errors, version < config, choices, presets, device, distributed < data < model < method
+    errors, version < config, choices, presets, recipes, device, distributed < data < model < method
     < store < training | use (peers) < core (the public surface) < plots, tools < cli
 
 An import inside a function counts like any other: hiding an import in a function does not
@@ -40,6 +40,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     f"{ROOT}.core.config": (1, "config"),
     f"{ROOT}.core.choices": (1, "choices"),
     f"{ROOT}.core.presets": (1, "presets"),
+    f"{ROOT}.core.recipes": (1, "recipes"),
     f"{ROOT}.core.device": (1, "device"),
     f"{ROOT}.core.distributed": (1, "distributed"),
     f"{ROOT}.core.files": (1, "files"),

@@ -10,6 +10,7 @@ import typer
 from detailclip_cli.cli import options as opts
 from detailclip_cli.cli.console import drive, err_console, removal_summary
 from detailclip_cli.cli.output import default_run_dir
+from detailclip_cli.core.choices import DistillMethod, one_of
 from detailclip_cli.core.config import ConfigError
 
 ImagesDataOpt = Annotated[str, typer.Option(
@@ -28,10 +29,19 @@ StudentOpt = Annotated[Optional[str], typer.Option(
     "--student", metavar="NAME", rich_help_panel=opts.MODEL, show_default=False,
     help=opts.preset_help("Student preset") + " With --teacher, its text tower and embedding width are the "
     "teacher's.")]
+MethodOpt = Annotated[Optional[str], typer.Option(
+    "--method", metavar="NAME", rich_help_panel=opts.METHOD, show_default=False,
+    help=f"Without --teacher, the image-only objective: {one_of(DistillMethod)}. ibot (default): DetailCLIP's "
+    "image half (iBOT [CLS] and patch losses, removal, reconstruction); dino: [CLS] only, multi-crop; byol: "
+    "online predictor and EMA target, no negatives; simclr: NT-Xent, negatives from the batch. dino, byol "
+    "and simclr run without token removal or reconstruction unless --removal or --reconstruct asks.")]
+ReconstructOpt = Annotated[bool, typer.Option(
+    "--reconstruct", metavar="", rich_help_panel=opts.METHOD,
+    help="With --method dino, byol or simclr: also reconstruct pixels (a decoder; off for them by default).")]
 LocalCropsOpt = Annotated[Optional[int], typer.Option(
     "--local-crops", metavar="N", min=0, rich_help_panel=opts.METHOD, show_default=False,
     help="DINO multi-crop: N small local views per image (5-35 % of it) that the student must map to the "
-    "teacher's global [CLS] target. Default 0.")]
+    "teacher's global [CLS] target (ibot, dino, or a --teacher). Default 6 with --method dino, else 0.")]
 LocalSizeOpt = Annotated[Optional[int], typer.Option(
     "--local-size", metavar="N", min=1, rich_help_panel=opts.METHOD, show_default=False,
     help="Side of the local views in pixels, a multiple of the patch size. Default: 3/7 of the image size, "
@@ -50,6 +60,7 @@ def distill(
     student: StudentOpt = None,
     config: opts.ConfigOpt = None,
     # -- method
+    method: MethodOpt = None,
     removal: opts.RemovalOpt = None,
     keep_ratio: opts.KeepOpt = None,
     block_size: opts.BlockOpt = None,
@@ -57,6 +68,7 @@ def distill(
     local_crops: LocalCropsOpt = None,
     local_size: LocalSizeOpt = None,
     no_reconstruct: opts.NoReconstructOpt = False,
+    reconstruct: ReconstructOpt = False,
     w_rec: opts.WRecOpt = None,
     w_patch: opts.WPatchOpt = None,
     w_cls: opts.WClsOpt = None,
@@ -85,7 +97,8 @@ def distill(
     """Distil a student from a teacher using images only (captions are not needed); writes a run folder.
 
     Without --teacher the student learns by self-distillation (EMA teacher, iBOT [CLS] and patch
-    losses, attention-guided token removal, pixel reconstruction). With --teacher the frozen
+    losses, attention-guided token removal, pixel reconstruction), or by the objective --method
+    names (dino, byol, simclr: the self-supervised methods DetailCLIP builds on). With --teacher the frozen
     teacher's attention chooses the tokens the student keeps, and the student matches the
     teacher's image embedding and patch features; the saved student carries the teacher's text
     tower, so zero-shot, attn-map and reconstruct work on it directly.
@@ -97,6 +110,8 @@ def distill(
 
       detailclip distill --data ./imgs --steps 1000 --out runs/self
 
+      detailclip distill --method byol --data ./imgs --steps 1000 --out runs/byol
+
       detailclip distill --teacher runs/demo --student tiny --config small-student.json --out runs/student
 
       detailclip distill --teacher open_clip:ViT-B-32 --pretrained openai --data ./imgs --local-crops 6
@@ -104,6 +119,7 @@ def distill(
       detailclip distill --resume runs/student --steps 2000
     """
     # The core loads only when a command runs, so --help stays fast.
+    from detailclip_cli.core.training.distill import method_configs
     from detailclip_cli.core.training.settings import (
         epoch_samples,
         new_configs,
@@ -121,14 +137,17 @@ def distill(
         compile=opts.switch(compile, no_compile, "compile"),
         log_every=log_every, save_every=save_every,
     )
+    if no_reconstruct and reconstruct:
+        raise ConfigError("give --reconstruct or --no-reconstruct, not both")
     if resume is not None:
-        fixed = (teacher, pretrained, student, config, local_crops, local_size, epochs)
+        fixed = (teacher, pretrained, method, student, config, local_crops, local_size, epochs)
         model_cfg, train_cfg, settings = resume_configs(
-            resume, given, other_options=no_reconstruct or any(x is not None for x in fixed))
+            resume, given, other_options=no_reconstruct or reconstruct or any(x is not None for x in fixed))
         if settings.get("command") != "distill":
             raise ConfigError(f"{resume} is not a distill run (resume it with detailclip {settings.get('command', 'pretrain')})")
         data, out_dir = settings["data"], resume
         teacher, pretrained = settings.get("teacher"), settings.get("pretrained")
+        method = settings.get("method")  # None: a run with a teacher, or one from before --method (ibot)
         local_crops, local_size = settings.get("local_crops", 0), settings.get("local_size")
         settings = {k: v for k, v in settings.items() if k in ("student",)}
     else:
@@ -137,29 +156,36 @@ def distill(
             count_samples=lambda: epoch_samples(data, samples_per_epoch=samples_per_epoch, images_only=True))
         if no_reconstruct:
             model_cfg.decoder = None
+        if teacher is None:
+            model_cfg, train_cfg = method_configs(method or DistillMethod.ibot, model_cfg, train_cfg,
+                                                  removal_chosen=removal is not None, reconstruct=reconstruct)
         out_dir = out or default_run_dir("distill")
         settings = {"student": student or ("tiny" if config is None else None)}
 
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
-        teacher=teacher, pretrained=pretrained, local_crops=local_crops or 0, local_size=local_size,
+        teacher=teacher, pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
         settings=settings)
 
 
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, teacher: str | None,
-        pretrained: str | None, local_crops: int, local_size: int | None, settings: dict) -> None:
+        pretrained: str | None, method: str | None, local_crops: int | None, local_size: int | None,
+        settings: dict) -> None:
     """Set the distillation up in the core, say what it does, and draw its progress on stderr."""
     # imported on use, not at the top: --help must not load torch (start-up time)
+    from detailclip_cli.core.training.distill import default_local_crops
     from detailclip_cli.core.training.distill import distill as core_distill
 
     console = err_console()
+    if local_crops is None:
+        local_crops = 0 if teacher is not None else default_local_crops(method)
     steps = core_distill(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, teacher=teacher,
-                         pretrained=pretrained, local_crops=local_crops, local_size=local_size, resume=resume,
-                         settings=settings)
+                         pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
+                         resume=resume, settings=settings)
     counts = steps.objective.image_param_counts()
     c = train_cfg
     if teacher is None:
-        mode = "self-distillation, EMA teacher"
-        show = ("spread", "teacher_entropy")
+        mode = steps.objective.summary
+        show = ("spread", "teacher_entropy")  # the entropy only where a teacher has a distribution
     else:
         mode = (f"frozen teacher {teacher}: image encoder {counts['teacher'] / 1e6:.2f}M params, "
                 f"the student's {counts['student'] / 1e6:.2f}M")

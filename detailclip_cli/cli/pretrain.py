@@ -10,6 +10,7 @@ import typer
 from detailclip_cli.cli import options as opts
 from detailclip_cli.cli.console import drive, err_console, removal_summary
 from detailclip_cli.cli.output import default_run_dir
+from detailclip_cli.core.recipes import DEFAULT_RECIPE, LIST, RECIPES, load_recipe
 from detailclip_cli.errors import UsageError
 
 
@@ -35,6 +36,10 @@ def pretrain(
         "--lock-text", metavar="", rich_help_panel=opts.MODEL,
         help="Freeze the text tower (LiT): it gets no gradient and no update, and stays as --init gave it.")] = False,
     # -- method
+    recipe: Annotated[Optional[str], typer.Option(
+        "--recipe", metavar="NAME", rich_help_panel=opts.METHOD, show_default=False,
+        help=f"The method: {', '.join(RECIPES)} (default {DEFAULT_RECIPE}); `{LIST}` prints what each does. "
+        "It sets the switches below; a config file's values and the options given override it.")] = None,
     removal: opts.RemovalOpt = None,
     keep_ratio: opts.KeepOpt = None,
     block_size: opts.BlockOpt = None,
@@ -80,7 +85,9 @@ def pretrain(
 
       detailclip pretrain --preset tiny --steps 300 --out runs/demo
 
-      detailclip pretrain --data ./imgs --removal none --no-distill --no-reconstruct --out runs/clip
+      detailclip pretrain --data ./imgs --recipe clip --out runs/clip
+
+      detailclip pretrain --recipe list
 
       detailclip pretrain --resume runs/demo --steps 600
 
@@ -90,6 +97,10 @@ def pretrain(
 
       torchrun --nproc_per_node 4 -m detailclip_cli pretrain --preset small --batch-size 1024 --accum-steps 2
     """
+    if recipe == LIST:
+        return print_recipes()
+    if recipe is not None:
+        load_recipe(recipe)  # an unknown name fails now, before torch loads (a second or two)
     # The core loads only when a command runs, so --help stays fast.
     from detailclip_cli.core.training.settings import (
         epoch_samples,
@@ -110,13 +121,15 @@ def pretrain(
     )
     if resume is not None:
         model_cfg, train_cfg, settings = resume_configs(
-            resume, given, other_options=bool(preset or config or no_distill or no_reconstruct or epochs
+            resume, given, other_options=bool(preset or config or recipe or no_distill or no_reconstruct or epochs
                                               or init or pretrained or lock_text))
         data, out_dir = settings["data"], resume
         lock_text, init_model = bool(settings.get("lock_text", False)), None  # the weights come from the checkpoint
-        settings = {k: v for k, v in settings.items() if k in ("preset",)}
+        # The run's recipe stays: its switches are in the recorded configs, its name in run.json.
+        settings = {k: v for k, v in settings.items() if k in ("preset", "recipe")}
     else:
-        model_cfg, train_cfg = new_configs(preset, config, given, epochs=epochs,
+        recipe = recipe or DEFAULT_RECIPE
+        model_cfg, train_cfg = new_configs(preset, config, given, epochs=epochs, recipe=recipe,
                                            count_samples=lambda: epoch_samples(data, samples_per_epoch=samples_per_epoch))
         if no_distill:
             model_cfg.head = None
@@ -131,13 +144,22 @@ def pretrain(
             model_cfg, init_model = load_init(init, pretrained, model_cfg)
         elif pretrained is not None:
             raise UsageError("--pretrained goes with --init open_clip:NAME")
-        settings = {"preset": preset or ("tiny" if config is None else None), "command": "pretrain",
+        settings = {"preset": preset or ("tiny" if config is None else None), "recipe": recipe, "command": "pretrain",
                     "init": init, "init_pretrained": pretrained, "lock_text": lock_text}
 
     if dry_run:
         return report_dry_run(model_cfg, train_cfg, device)
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
         settings=settings, init=init_model, lock_text=lock_text)
+
+
+def print_recipes() -> None:
+    """``--recipe list``: each recipe's name and what it does, one line each (stdout)."""
+    from detailclip_cli.core.recipes import all_recipes
+
+    width = max(map(len, RECIPES))
+    for r in all_recipes():
+        print(f"{r.name:<{width}}  {r.summary}")
 
 
 def report_dry_run(model_cfg, train_cfg, device: str) -> None:
@@ -174,9 +196,11 @@ def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool,
     steps = train(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, resume=resume, settings=settings,
                   init=init, lock_text=lock_text)
     mechanisms = [
+        *([f"recipe={settings['recipe']}"] if settings.get("recipe") else []),
         removal_summary(train_cfg),
         "distill=" + ("on" if model_cfg.head else "off"),
         "reconstruct=" + ("on" if model_cfg.decoder else "off"),
+        *(["simclr=on"] if train_cfg.simclr_term else []),
         *([f"init={settings['init']}"] if settings.get("init") else []),
         *(["text=locked"] if lock_text else []),
     ]

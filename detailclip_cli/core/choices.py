@@ -33,6 +33,23 @@ class ScoreLayer(StrEnum):
     last = "last"
 
 
+class DistillMethod(StrEnum):
+    """The image-only objective of ``distill`` without a teacher (``--method``)."""
+
+    ibot = "ibot"  # DetailCLIP's image half: iBOT [CLS] and patch self-distillation, removal, reconstruction
+    dino = "dino"  # [CLS] self-distillation only, multi-crop (centring + sharpening against collapse)
+    byol = "byol"  # online predictor against an EMA target, cosine loss, no negatives
+    simclr = "simclr"  # NT-Xent with the batch's other views as negatives
+
+
+class DecayPolicy(StrEnum):
+    """Which parameters weight decay reaches (``TrainConfig.weight_decay_policy``); never biases,
+    norms or the logit scale (tensors of fewer than 2 dimensions)."""
+
+    all_matrices = "all_matrices"  # every tensor of 2+ dimensions, embeddings included (the authors')
+    skip_embeddings = "skip_embeddings"  # also none on position embeddings, [CLS] and mask tokens
+
+
 class Precision(StrEnum):
     """The autocast dtype of training (``TrainConfig.precision``)."""
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from detailclip_cli.core.choices import (
     Activation,
+    DecayPolicy,
     Precision,
     Removal,
     ScoreLayer,
@@ -25,9 +26,14 @@ from detailclip_cli.core.choices import (
 )
 from detailclip_cli.errors import UsageError
 
-CONFIG_VERSION = 1
+# Version 2 (detailclip 0.2) added the authors' recipe settings; see _V1_DEFAULTS.
+CONFIG_VERSION = 2
 
-# OpenAI CLIP's normalisation, kept in the config (never hard-coded in the model or data code).
+# Pixel statistics, kept in the config (never hard-coded in the model or data code). New models
+# use ImageNet's, as the DetailCLIP authors do; a saved model keeps the ones it was trained with
+# (OpenAI CLIP's for every model saved before version 2, and for OpenAI weights).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -46,8 +52,8 @@ class VisionConfig:
     depth: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     # Layout knobs so CLIP-style towers (open_clip, OpenAI) map onto this ViT exactly.
     pre_norm: bool = False  # a LayerNorm on the token sequence before the first block (CLIP's ln_pre)
     norm_eps: float = 1e-6
@@ -79,14 +85,19 @@ class TextConfig:
     width: int = 512
     heads: int = 8
     layers: int = 12
-    act: str = Activation.gelu.value  # an Activation (quick_gelu for OpenAI CLIP weights)
+    # An Activation: quick_gelu for OpenAI CLIP weights and in the authors' recipe (the paper
+    # preset); GELU by default because open_clip has one activation for both towers, so only a
+    # model whose towers agree exports to open_clip (docs/authors-recipe.md).
+    act: str = Activation.gelu.value
 
 
 @dataclass(kw_only=True)
 class DecoderConfig:
-    """The MAE-style pixel decoder."""
+    """The MAE-style pixel decoder. As wide as the image tower (the authors' shape), the
+    distillation head reads its tokens directly; a narrower one maps them back to the tower's
+    width through a linear bridge."""
 
-    width: int = 512
+    width: int = 768
     depth: int = 1
     heads: int = 16
     mlp_ratio: float = 4.0
@@ -120,11 +131,14 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         data = dict(data)
-        _check_version(data.pop("version", CONFIG_VERSION))
+        version = data.pop("version", CONFIG_VERSION)
+        _check_version(version)
         sub = {"vision": VisionConfig, "text": TextConfig, "decoder": DecoderConfig, "head": HeadConfig}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in sub:
+                if value is not None and version < 2:
+                    value = {**_V1_DEFAULTS.get(key, {}), **value}
                 kwargs[key] = None if value is None else _build(sub[key], value, f"model.{key}")
             else:
                 kwargs[key] = value
@@ -154,7 +168,14 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """The objective's and the loop's settings (the DetailCLIP paper's defaults unless a preset says otherwise)."""
+    """The objective's and the loop's settings: the DetailCLIP authors' recipe unless a preset says
+    otherwise (docs/authors-recipe.md compares the two, setting by setting).
+
+    Two lengths may be one epoch of the run's data (``None``): ``warmup_steps`` (the ``paper``
+    preset's) and ``teacher_temp_warmup_steps`` (the default). :meth:`with_epoch_length` fixes them
+    when a run is set up (``core.training.settings.new_configs``, which knows the data), so
+    ``run.json`` records steps; a config used without that step counts a ``None`` length as 0.
+    """
 
     # token removal
     removal: str = Removal.attention.value  # a Removal
@@ -172,19 +193,45 @@ class TrainConfig:
     momentum_final: float = 1.0
     student_temp: float = 0.1
     teacher_temp_cls: float = 0.04
+    # The patch teacher temperature is teacher_temp_patch_warmup for the first
+    # teacher_temp_warmup_steps steps, then teacher_temp_patch: a step, as the authors' one-epoch
+    # warm-up (iBOT ramps linearly instead). None = one epoch of the run's data.
     teacher_temp_patch: float = 0.07
     teacher_temp_patch_warmup: float = 0.04
-    teacher_temp_warmup_frac: float = 0.3  # fraction of training over which the patch temp warms
+    teacher_temp_warmup_steps: int | None = None
     center_momentum: float = 0.9
+    # The patch embedding stays at its random initialisation (MoCo v3's stabiliser, the authors'
+    # choice): no gradient, no optimiser update, and the teacher's copy stays equal. Only the
+    # linear patch stem is frozen; a conv stem always learns (learning its filters is its point).
+    freeze_patch_embed: bool = True
+    # SimCLR and BYOL (distill --method simclr|byol, and SimCLR in the slip recipe): the MLPs on
+    # the encoder's [CLS] (SimCLR's projection, BYOL's projector and predictor; SLIP's names and
+    # sizes) and SimCLR's NT-Xent temperature
+    ssl_mlp_dim: int = 4096
+    ssl_emb_dim: int = 256
+    ssl_temp: float = 0.1
+    # pretrain: add SimCLR's NT-Xent between the two views (SLIP; ``--recipe slip``), through a
+    # projection MLP of the sizes above, at temperature ssl_temp, weighed 1 like SLIP's
+    simclr_term: bool = False
     # optimisation
     steps: int = 1000
     batch_size: int = 256
     lr: float = 5e-4
-    min_lr: float = 0.0
+    # Linear warm-up over warmup_steps from warmup_start_lr to lr (None: from lr / warmup_steps,
+    # version 1's ramp), then a half-cosine down to min_lr; the authors' ends are 1e-6 and 1e-5.
+    warmup_start_lr: float | None = 1e-6
+    min_lr: float = 1e-5
     weight_decay: float = 0.5
+    # Which tensors weight decay reaches (a DecayPolicy): every tensor of 2+ dimensions, embeddings
+    # included (the authors'), or those less position embeddings, [CLS] and mask tokens.
+    weight_decay_policy: str = DecayPolicy.all_matrices.value
     betas: tuple[float, float] = (0.9, 0.98)
-    warmup_steps: int = 100
+    warmup_steps: int | None = 100  # None = one epoch of the run's data
     grad_clip: float = 0.0  # 0 = off
+    # the two global views (the authors': no flips; blur and solarize alike on both views)
+    hflip: float = 0.0  # probability of a horizontal flip
+    blur: tuple[float, float] = (0.1, 0.1)  # Gaussian-blur probability of view 1 and view 2
+    solarize: tuple[float, float] = (0.2, 0.2)  # solarisation probability of view 1 and view 2
     # batch_size is the global batch of an optimiser step; it is read as accum_steps micro-batches
     # (per process, under torchrun), with the gradient of the whole batch (core/distributed.py).
     accum_steps: int = 1
@@ -210,8 +257,23 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         data = dict(data)
-        _check_version(data.pop("version", CONFIG_VERSION))
+        version = data.pop("version", CONFIG_VERSION)
+        _check_version(version)
+        if version < 2:
+            # Version 1 ramped the patch temperature linearly over a fraction of training; the
+            # same length as a step is the nearest version 2 has.
+            frac = data.pop("teacher_temp_warmup_frac", 0.3)
+            data.setdefault("teacher_temp_warmup_steps", int(frac * data.get("steps", cls.steps)))
+            data = {**_V1_DEFAULTS["train"], **data}
         return _build(cls, data, "train")
+
+    def epoch_lengths_unset(self) -> list[str]:
+        """The lengths left at ``None``, which :meth:`with_epoch_length` sets to one epoch."""
+        return [name for name in EPOCH_LENGTHS if getattr(self, name) is None]
+
+    def with_epoch_length(self, steps_per_epoch: int) -> "TrainConfig":
+        """A copy with every length left at ``None`` set to ``steps_per_epoch`` steps (one epoch)."""
+        return dataclasses.replace(self, **{name: steps_per_epoch for name in self.epoch_lengths_unset()})
 
     def validate(self, model: ModelConfig | None = None) -> None:
         if self.removal not in tuple(Removal):
@@ -236,6 +298,19 @@ class TrainConfig:
             raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.ssl_temp <= 0:
+            raise ConfigError(f"ssl_temp must be positive, got {self.ssl_temp}")
+        if min(self.ssl_mlp_dim, self.ssl_emb_dim) < 1:
+            raise ConfigError(f"ssl_mlp_dim and ssl_emb_dim must be at least 1, got {self.ssl_mlp_dim}, {self.ssl_emb_dim}")
+        for name in EPOCH_LENGTHS:
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if self.weight_decay_policy not in tuple(DecayPolicy):
+            raise ConfigError(f"weight_decay_policy must be {one_of(DecayPolicy)}, not {self.weight_decay_policy!r}")
+        for name in ("hflip", "blur", "solarize"):
+            values = getattr(self, name)
+            if not all(0.0 <= p <= 1.0 for p in (values if isinstance(values, tuple) else (values,))):
+                raise ConfigError(f"{name} must be probabilities in [0, 1], got {values}")
         if not is_score_layer(self.score_layer):
             raise ConfigError(f"score_layer must be {', '.join(ScoreLayer)} or a layer index, not {self.score_layer!r}")
         if model is not None and self.removal != Removal.none:
@@ -244,6 +319,22 @@ class TrainConfig:
                 raise ConfigError(
                     f"block_size {self.block_size} does not divide the {gh}x{gw} patch grid"
                 )
+
+
+# The lengths whose None means one epoch of the run's data (TrainConfig.with_epoch_length).
+EPOCH_LENGTHS = ("warmup_steps", "teacher_temp_warmup_steps")
+
+# Version 1 documents (detailclip 0.2 and earlier) were written before these settings existed or
+# before their defaults became the authors'. A key missing from one takes the value that does what
+# version 1 did, so an old model loads as it was saved and an old run resumes with its own recipe
+# (and its optimiser state still fits its parameter groups).
+_V1_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vision": {"mean": CLIP_MEAN, "std": CLIP_STD},
+    "decoder": {"width": 512},
+    "train": {"freeze_patch_embed": False, "warmup_start_lr": None, "min_lr": 0.0,
+              "weight_decay_policy": DecayPolicy.skip_embeddings.value,
+              "hflip": 0.5, "blur": (1.0, 0.1), "solarize": (0.0, 0.2)},
+}
 
 
 def _check_version(version: Any) -> None:
@@ -269,34 +360,44 @@ def _build(cls, data: dict[str, Any], where: str):
     return cls(**kwargs)
 
 
-PRESETS = ("tiny", "small", "base")
+PRESETS = ("tiny", "small", "base", "paper")
 
 
 def load_preset(name: str) -> tuple[ModelConfig, TrainConfig]:
-    """Return the model and training configs of a named preset (``tiny``, ``small``, ``base``)."""
+    """Return the model and training configs of a named preset (``tiny``, ``small``, ``base``, ``paper``)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
     text = resources.files("detailclip_cli.core.presets").joinpath(f"{name}.json").read_text()
     return configs_from_dict(json.loads(text))
 
 
-def configs_from_dict(data: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    """Split a ``{"model": ..., "train": ...}`` document into validated configs."""
-    unknown = sorted(set(data) - {"model", "train", "preset"})
+def configs_from_dict(data: dict[str, Any], *,
+                      recipe: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Split a ``{"model": ..., "train": ...}`` document into validated configs.
+
+    Lowest first: the document's preset, the ``recipe`` overlay (a ``{"model": ..., "train": ...}``
+    document, :meth:`Recipe.overlay <detailclip_cli.core.recipes.Recipe.overlay>`), the
+    document's own values.
+    """
+    # "about" is a line for people (what a preset is); it sets nothing.
+    unknown = sorted(set(data) - {"model", "train", "preset", "about"})
     if unknown:
-        raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)} (allowed: preset, model, train)")
+        raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)} (allowed: preset, model, train, about)")
     model, train = ModelConfig(), TrainConfig()
     if "preset" in data:
         model, train = load_preset(data["preset"])
-    if "model" in data:
-        model = ModelConfig.from_dict(_merge(model.to_dict(), data["model"]))
-    if "train" in data:
-        train = TrainConfig.from_dict(_merge(train.to_dict(), data["train"]))
+    for layer in (recipe or {}, data):
+        if "model" in layer:
+            model = ModelConfig.from_dict(_merge(model.to_dict(), layer["model"]))
+        if "train" in layer:
+            train = TrainConfig.from_dict(_merge(train.to_dict(), layer["train"]))
     return model, train
 
 
-def load_config_file(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
-    """Read a JSON config file (``{"preset": "tiny", "model": {...}, "train": {...}}``)."""
+def load_config_file(path: str | Path, *,
+                     recipe: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Read a JSON config file (``{"preset": "tiny", "model": {...}, "train": {...}}``); ``recipe``
+    as :func:`configs_from_dict` takes it."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -306,7 +407,7 @@ def load_config_file(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object")
-    return configs_from_dict(data)
+    return configs_from_dict(data, recipe=recipe)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,8 @@ def test_pretrain_end_to_end_and_resume(demo_cache, tmp_path, small_config):
     (["--precision", "fp8"], "precision must be auto, fp32, bf16 or fp16, not 'fp8'"),
     (["--data", "/no/such/folder"], "/no/such/folder"),
     (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--recipe", "mae"], "unknown recipe 'mae' (choose from detailclip, clip, flip, slip, a-clip-like"),
+    (["--recipe", "flip", "--block-size", "3"], "block_size 3 does not divide the 8x8 patch grid"),
 ])
 def test_pretrain_bad_values_give_one_line_and_exit_2(demo_cache, tmp_path, args, message):
     result = run_cli("pretrain", "--out", str(tmp_path / "x"), "--steps", "1", *args)

@@ -162,3 +162,100 @@ def test_load_config_file_errors_name_the_file(tmp_path):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="huge"):
         load_preset("huge")
+
+
+# -- the authors' recipe, and documents written before it ----------------------------------------
+
+
+def test_new_configs_follow_the_authors():
+    from detailclip_cli.core.config import IMAGENET_MEAN, IMAGENET_STD
+
+    model, train = ModelConfig(), TrainConfig()
+    assert (model.vision.mean, model.vision.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert (model.decoder.width, model.decoder.depth, model.decoder.heads) == (model.vision.width, 1, 16)
+    assert train.freeze_patch_embed and train.weight_decay_policy == "all_matrices"
+    assert (train.warmup_start_lr, train.min_lr, train.betas) == (1e-6, 1e-5, (0.9, 0.98))
+    assert (train.hflip, train.blur, train.solarize) == (0.0, (0.1, 0.1), (0.2, 0.2))
+    assert train.teacher_temp_warmup_steps is None  # one epoch
+
+
+def test_paper_preset_is_the_authors_vit_b16_recipe():
+    model, train = load_preset("paper")
+    v, t, d, h = model.vision, model.text, model.decoder, model.head
+    assert (v.image_size, v.patch_size, v.width, v.depth, v.heads) == (224, 16, 768, 12, 12)
+    assert (t.context_length, t.width, t.layers, t.heads, t.act) == (77, 512, 12, 8, "quick_gelu")
+    assert model.embed_dim == 512 and (d.width, d.depth, d.heads, d.mlp_ratio) == (768, 1, 16, 4.0)
+    assert (h.out_dim, h.hidden_dim, h.bottleneck_dim, h.layers) == (8192, 2048, 256, 3)
+    assert (train.batch_size, train.lr, train.weight_decay, train.betas) == (4096, 5e-4, 0.5, (0.9, 0.98))
+    assert train.warmup_steps is None and train.teacher_temp_warmup_steps is None  # one epoch each
+    assert (train.keep_ratio, train.block_size, train.score_layer, train.momentum_base) == (0.5, 2, "mean", 0.996)
+    # one epoch of 40,960 samples at batch 4096 is 10 steps, for both warm-ups
+    fixed = train.with_epoch_length(10)
+    assert (fixed.warmup_steps, fixed.teacher_temp_warmup_steps) == (10, 10) and not fixed.epoch_lengths_unset()
+
+
+def test_presets_say_what_they_are_and_base_is_not_the_papers_batch():
+    from importlib import resources
+
+    about = {name: json.loads(resources.files("detailclip_cli.core.presets").joinpath(f"{name}.json").read_text())
+             .get("about", "") for name in ("base", "paper")}
+    assert "256" in about["base"] and "paper preset" in about["base"]
+    assert "4096" in about["paper"]
+    assert load_preset("base")[1].batch_size == 256 and load_preset("base")[0].decoder.width == 768
+
+
+def test_new_configs_fix_one_epoch_lengths_from_the_data_once():
+    from detailclip_cli.core.training.settings import new_configs
+
+    counted = []
+
+    def count() -> int:
+        counted.append(1)
+        return 1000
+
+    _, train = new_configs("tiny", None, {"batch_size": 50}, epochs=2, count_samples=count)
+    assert (train.steps, train.teacher_temp_warmup_steps, train.warmup_steps) == (40, 20, 30) and counted == [1]
+    _, paper = new_configs("paper", None, {"batch_size": 100}, epochs=None, count_samples=lambda: 1050)
+    assert (paper.warmup_steps, paper.teacher_temp_warmup_steps) == (10, 10)
+    _, given = new_configs("tiny", None, {"teacher_temp_warmup_steps": 7}, epochs=None,
+                           count_samples=lambda: pytest.fail("nothing to count"))
+    assert given.teacher_temp_warmup_steps == 7
+
+
+def test_version_1_documents_keep_what_version_1_did():
+    from detailclip_cli.core.config import CLIP_MEAN, CLIP_STD
+
+    # a model saved by version 1 always carried its statistics; one without them meant CLIP's
+    old_model = {"version": 1, "vision": {"width": 48, "heads": 3}, "decoder": {"depth": 1}}
+    m = ModelConfig.from_dict(old_model)
+    assert (m.vision.mean, m.vision.std, m.decoder.width) == (CLIP_MEAN, CLIP_STD, 512)
+    old_train = {"version": 1, "steps": 1500, "teacher_temp_warmup_frac": 0.3, "min_lr": 0.0}
+    t = TrainConfig.from_dict(old_train)
+    assert t.teacher_temp_warmup_steps == 450 and not t.freeze_patch_embed
+    assert (t.warmup_start_lr, t.min_lr, t.weight_decay_policy) == (None, 0.0, "skip_embeddings")
+    assert (t.hflip, t.blur, t.solarize) == (0.5, (1.0, 0.1), (0.0, 0.2))
+    # what a document says wins over the version 1 values
+    assert TrainConfig.from_dict({"version": 1, "freeze_patch_embed": True}).freeze_patch_embed
+
+
+def test_the_shipped_model_loads_with_the_settings_it_was_trained_with():
+    from importlib import resources
+
+    from detailclip_cli.core.config import CLIP_MEAN
+
+    folder = resources.files("detailclip_cli.core.store.shipped").joinpath("detailclip-tiny")
+    model = ModelConfig.from_dict(json.loads(folder.joinpath("config.json").read_text()))
+    assert model.vision.mean == CLIP_MEAN and model.text.act == "gelu" and model.decoder.width == 128
+    train = TrainConfig.from_dict(json.loads(folder.joinpath("run.json").read_text())["train"])
+    assert not train.freeze_patch_embed and train.min_lr == 0.0 and train.weight_decay_policy == "skip_embeddings"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"teacher_temp_warmup_steps": -1}, "teacher_temp_warmup_steps"),
+    ({"weight_decay_policy": "some"}, "weight_decay_policy"),
+    ({"blur": (1.5, 0.1)}, "blur"),
+    ({"hflip": -0.1}, "hflip"),
+])
+def test_validate_rejects_bad_recipe_values(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes).validate()

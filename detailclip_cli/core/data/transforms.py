@@ -20,31 +20,33 @@ SMALL_IMAGE_SIZE = 96
 
 @dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
-    """Augmentation strengths for the two global views (BYOL / DINO recipe).
+    """Augmentation strengths for the two global views (the DetailCLIP authors' recipe).
 
     Attributes:
         crop_scale: area fraction range of the random resized crop.
         crop_ratio: aspect ratio range of the random resized crop.
-        hflip: probability of a horizontal flip.
+        hflip: probability of a horizontal flip (none by default, as the authors; BYOL and DINO
+            flip half the time).
         color_jitter: strength ``s``: brightness and contrast ``s``, saturation ``s / 2``,
             hue ``s / 4``; 0 turns jitter off.
         color_jitter_prob: probability that jitter is applied at all.
         grayscale: probability of converting to grey.
-        blur: Gaussian-blur probability for view 1 and view 2. The views are deliberately
-            asymmetric (one nearly always blurred, the other rarely), as in BYOL and DINO.
+        blur: Gaussian-blur probability for view 1 and view 2: 0.1 on both, as the authors
+            (BYOL and DINO make the views asymmetric: (1.0, 0.1)).
         blur_sigma: range of the blur's standard deviation, in pixels.
-        solarize: solarisation probability for view 1 and view 2 (asymmetric, as ``blur``).
+        solarize: solarisation probability for view 1 and view 2: 0.2 on both, as the
+            authors (BYOL and DINO: (0.0, 0.2)).
     """
 
     crop_scale: tuple[float, float] = (0.14, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
+    hflip: float = 0.0
     color_jitter: float = 0.4
     color_jitter_prob: float = 0.8
     grayscale: float = 0.2
-    blur: tuple[float, float] = (1.0, 0.1)
+    blur: tuple[float, float] = (0.1, 0.1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize: tuple[float, float] = (0.0, 0.2)
+    solarize: tuple[float, float] = (0.2, 0.2)
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
@@ -64,8 +66,8 @@ class AugmentConfig:
             raise ValueError(f"color_jitter must be >= 0, got {self.color_jitter}")
 
     @classmethod
-    def for_image_size(cls, image_size: int) -> AugmentConfig:
-        """Defaults adjusted to the training resolution.
+    def for_image_size(cls, image_size: int, **strengths) -> AugmentConfig:
+        """Defaults (or ``strengths``, any fields of this class) adjusted to the training resolution.
 
         At 96 px and below a 14 % crop is a few dozen pixels: too little of the image for two
         views to share content, so the smallest crop grows to 35 %. Blur radii are set for
@@ -75,8 +77,9 @@ class AugmentConfig:
 
         Args:
             image_size: side of the square training views, in pixels.
+            **strengths: fields to set, e.g. a run's ``hflip``, ``blur`` and ``solarize``.
         """
-        config = cls()
+        config = cls(**strengths)
         if image_size <= SMALL_IMAGE_SIZE:
             sigma_max = max(0.5, config.blur_sigma[1] * image_size / REFERENCE_IMAGE_SIZE)
             config = replace(config, crop_scale=(0.35, 1.0), blur_sigma=(config.blur_sigma[0], sigma_max))

@@ -80,8 +80,14 @@ def teacher_entropy(teacher_out: torch.Tensor, *, center: torch.Tensor | float =
     return entropy(probs)
 
 
+# What to try when the spread collapses, for an objective with an EMA teacher (the default) and
+# for one whose negatives hold the embeddings apart (SimCLR).
+TEACHER_REMEDIES = "try a higher teacher momentum (momentum_base), a larger batch"
+NEGATIVES_REMEDIES = "try a larger batch (more negatives), a higher temperature (ssl_temp) or a lower lr"
+
+
 def collapse_message(*, spread: float, dim: int, entropy_value: float | None = None,
-                     classes: int | None = None) -> str | None:
+                     classes: int | None = None, remedies: str | None = None) -> str | None:
     """Why the statistics look like collapse, with what to try; None when they look healthy.
 
     Args:
@@ -89,23 +95,24 @@ def collapse_message(*, spread: float, dim: int, entropy_value: float | None = N
         dim: their width D.
         entropy_value: :func:`teacher_entropy`, when the teacher has a distribution.
         classes: its number of prototypes C.
+        remedies: what to try when the spread collapses; None for an EMA teacher's
+            (:data:`TEACHER_REMEDIES`, and a lower teacher temperature).
     """
-    remedies = "try a higher teacher momentum (momentum_base), a larger batch"
     reference = random_spread(dim)
     if spread < SPREAD_FRACTION * reference:
+        advice = remedies or f"{TEACHER_REMEDIES}, or a lower teacher temperature (teacher_temp_cls)"
         return (f"student embeddings are collapsing to one point: spread {spread:.4f}, under "
-                f"{SPREAD_FRACTION} x a random batch's {reference:.4f}; {remedies}, or a lower "
-                f"teacher temperature (teacher_temp_cls)")
+                f"{SPREAD_FRACTION} x a random batch's {reference:.4f}; {advice}")
     if entropy_value is None or classes is None or classes < 2:
         return None
     uniform = math.log(classes)
     if entropy_value < ENTROPY_LOW_FRACTION * uniform:
         return (f"the teacher's distribution is collapsing to one prototype: entropy "
-                f"{entropy_value:.3f}, under {ENTROPY_LOW_FRACTION} x log C = {uniform:.3f}; {remedies}, "
+                f"{entropy_value:.3f}, under {ENTROPY_LOW_FRACTION} x log C = {uniform:.3f}; {TEACHER_REMEDIES}, "
                 f"or a higher teacher temperature or faster centring (teacher_temp_cls, center_momentum)")
     if entropy_value > ENTROPY_HIGH_FRACTION * uniform:
         return (f"the teacher's distribution is collapsing to uniform: entropy {entropy_value:.3f}, "
-                f"over {ENTROPY_HIGH_FRACTION} x log C = {uniform:.3f}; {remedies}, or a lower teacher "
+                f"over {ENTROPY_HIGH_FRACTION} x log C = {uniform:.3f}; {TEACHER_REMEDIES}, or a lower teacher "
                 f"temperature (teacher_temp_cls)")
     return None
 
@@ -115,13 +122,15 @@ class CollapseMonitor:
 
     Args:
         dim: width D of the embeddings whose spread is measured.
-        classes: number of teacher prototypes C, or None when the teacher gives no distribution
-            (a frozen teacher cannot collapse; only the student's spread is checked).
+        classes: number of teacher prototypes C, or None when no teacher gives a distribution
+            (a frozen teacher, BYOL's target, SimCLR: only the student's spread is checked).
+        remedies: what the message suggests for a collapsing spread (see :func:`collapse_message`).
     """
 
-    def __init__(self, *, dim: int, classes: int | None = None):
+    def __init__(self, *, dim: int, classes: int | None = None, remedies: str | None = None):
         self.dim = dim
         self.classes = classes
+        self.remedies = remedies
         self.warned = False
 
     def check(self, *, step: int, spread: float, entropy_value: float | None = None) -> str | None:
@@ -133,7 +142,7 @@ class CollapseMonitor:
         if self.warned:
             return None
         message = collapse_message(spread=spread, dim=self.dim, entropy_value=entropy_value,
-                                   classes=self.classes)
+                                   classes=self.classes, remedies=self.remedies)
         if message is None:
             return None
         self.warned = True

@@ -1,6 +1,8 @@
 """Distillation: train an image tower from a teacher, from images alone (no captions needed).
 
-Two objectives, both trained by the loop of :mod:`detailclip_cli.core.training.loop` (:func:`fit`):
+Two objectives, both trained by the loop of :mod:`detailclip_cli.core.training.loop` (:func:`fit`);
+the image-only objectives DINO, BYOL and SimCLR (``distill --method``) are in
+:mod:`detailclip_cli.core.method.selfsup`, on the same base:
 
 - :class:`SelfDistillObjective` (no teacher given): DetailCLIP's image half alone. An EMA copy
   of the student chooses the kept tokens by its [CLS] attention and gives the iBOT [CLS] and
@@ -87,15 +89,25 @@ def convert_images(images: torch.Tensor, src: VisionConfig, dst: VisionConfig) -
     return x if same_stats else (x - stats(dst.mean)) / stats(dst.std)
 
 
+@torch.no_grad()
+def teacher_cls_logits(teacher_head: nn.Module, teacher_tokens: torch.Tensor) -> torch.Tensor:
+    """An EMA teacher head's [CLS] logits per global view: (VB, 1 + L, D) -> (V, B, C)."""
+    out = teacher_head(teacher_tokens[:, 0])  # (VB, C)
+    return out.reshape(NUM_VIEWS, -1, out.shape[-1])
+
+
 class _DistillObjective(nn.Module):
-    """What both distillation objectives keep besides their stages: the student, its settings,
+    """What the distillation objectives keep besides their stages: the student, its settings,
     a teacher that always runs in eval mode, and the collapse statistics of the last batch.
 
-    Subclasses build ``self.teacher`` (with ``visual`` and, for the embedding, ``image_proj``)
-    and ``self.monitor`` in ``__init__``, and set ``self.stats`` (detached scalars) in ``forward``.
+    Subclasses build ``self.teacher`` (with ``visual`` and, for the embedding, ``image_proj``;
+    None for an objective without one, SimCLR) and ``self.monitor`` in ``__init__``, and set
+    ``self.stats`` (detached scalars) in ``forward``. ``summary`` says in a few words what the
+    objective does (the command's header line).
     """
 
-    teacher: nn.Module
+    teacher: nn.Module | None
+    summary: str
     stats: dict[str, torch.Tensor]
     monitor: CollapseMonitor
     # Every loss is a per-sample mean (no CLIP loss): gradient accumulation has nothing to cache.
@@ -109,8 +121,17 @@ class _DistillObjective(nn.Module):
 
     def train(self, mode: bool = True) -> "_DistillObjective":
         super().train(mode)
-        self.teacher.eval()  # the teacher always runs as in inference
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher always runs as in inference
         return self
+
+    @torch.no_grad()
+    def ema_step(self, online: nn.Module, step: int) -> float:
+        """EMA step of ``self.teacher`` towards ``online`` (its student counterpart) at the
+        scheduled momentum; returns the momentum used."""
+        m = stages.teacher_momentum(self.cfg, step)
+        ema_update_(self.teacher, online, m)
+        return m
 
     def extra_metrics(self, step: int) -> dict[str, float]:
         """The collapse statistics of the last batch; warns once if they look like collapse."""
@@ -121,18 +142,22 @@ class _DistillObjective(nn.Module):
     def image_param_counts(self) -> dict[str, int]:
         """Parameters of the student's and the teacher's image encoders (ViT + projection when present)."""
         student = [self.model.visual, self.model.image_proj]
-        teacher = [m for name, m in self.teacher.named_children() if name in ("visual", "image_proj")]
+        teacher = [m for name, m in (self.teacher.named_children() if self.teacher is not None else ())
+                   if name in ("visual", "image_proj")]
         return {"student": sum(p.numel() for m in student for p in m.parameters()),
                 "teacher": sum(p.numel() for m in teacher for p in m.parameters())}
 
 
 class SelfDistillObjective(_DistillObjective):
-    """Image-only DetailCLIP: EMA teacher, attention-guided removal, reconstruction, iBOT losses.
+    """Image-only DetailCLIP: EMA teacher, attention-guided removal, reconstruction, iBOT losses
+    (``distill --method ibot``, the default).
 
     Args:
         model: the student; needs the distillation head.
         cfg: training settings (``w_clip`` is unused: there is no text).
     """
+
+    summary = "ibot: self-distillation, EMA teacher"
 
     def __init__(self, model: DetailCLIP, cfg: TrainConfig):
         if model.head is None:
@@ -150,9 +175,7 @@ class SelfDistillObjective(_DistillObjective):
     @torch.no_grad()
     def update_teacher(self, step: int) -> float:
         """EMA step of the teacher towards the student; returns the momentum used."""
-        m = stages.teacher_momentum(self.cfg, step)
-        ema_update_(self.teacher, self.model.image_tower(), m)
-        return m
+        return self.ema_step(self.model.image_tower(), step)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
                 step: int, local_views: torch.Tensor | None = None,
@@ -199,11 +222,9 @@ class SelfDistillObjective(_DistillObjective):
                 losses["cls"] = pooled_mean((losses["cls"], NUM_VIEWS * (NUM_VIEWS - 1)), (local, NUM_VIEWS * n))
             return weighted_total(losses, c)
 
-    @torch.no_grad()
     def teacher_cls_out(self, teacher_tokens: torch.Tensor) -> torch.Tensor:
         """The teacher head's [CLS] logits per view: (VB, 1 + L, D) -> (V, B, C)."""
-        out = self.teacher.head(teacher_tokens[:, 0])  # (VB, C)
-        return out.reshape(NUM_VIEWS, -1, out.shape[-1])
+        return teacher_cls_logits(self.teacher.head, teacher_tokens)
 
     def extra_metrics(self, step: int) -> dict[str, float]:
         return {**super().extra_metrics(step), "teacher_temp_patch": self.teacher_temp_patch(step)}
@@ -237,6 +258,8 @@ class FrozenTeacherObjective(_DistillObjective):
         teacher: the trained model.
     """
 
+    summary = "frozen teacher"
+
     def __init__(self, model: DetailCLIP, cfg: TrainConfig, *, teacher: DetailCLIP):
         if model.cfg.embed_dim != teacher.cfg.embed_dim:
             raise ConfigError(f"the student's embed_dim {model.cfg.embed_dim} differs from the teacher's "
@@ -250,7 +273,7 @@ class FrozenTeacherObjective(_DistillObjective):
         ds, dt = model.visual.width, teacher.visual.width
         # Training-only maps from the student's width to the teacher's (saved in the train state).
         self.bridge_kept = nn.Linear(ds, dt)
-        has_features = model.decoder is not None and model.decoder.to_features is not None
+        has_features = model.decoder is not None and model.decoder.has_features
         self.bridge_removed = nn.Linear(ds, dt) if has_features else None
         self.monitor = CollapseMonitor(dim=model.cfg.embed_dim)
 

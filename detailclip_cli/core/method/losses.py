@@ -24,7 +24,10 @@ from detailclip_cli.core.config import TrainConfig
 def loss_weights(cfg: TrainConfig) -> dict[str, float]:
     """The weight of every named loss term (an objective returns some of them)."""
     return {"clip": cfg.w_clip, "rec": cfg.w_rec, "cls": cfg.w_cls, "patch": cfg.w_patch,
-            "patch_kept": cfg.w_patch, "patch_removed": cfg.w_patch}
+            "patch_kept": cfg.w_patch, "patch_removed": cfg.w_patch,
+            # distill --method dino|byol|simclr: DINO's term is a [CLS] distillation loss (w_cls);
+            # BYOL's and SimCLR's are their objective's only term besides rec (SLIP weighs SimCLR 1 too)
+            "dino": cfg.w_cls, "byol": 1.0, "simclr": 1.0}
 
 
 def weighted_total(losses: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -69,6 +72,27 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torc
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))  # no self-pairs
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)  # view i <-> view i + B
     return F.cross_entropy(logits, partner)
+
+def byol_loss(*, online_pred: torch.Tensor, target_proj: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss: each view's online prediction against the target's projection of another view.
+
+    Per pair, the normalised MSE ``|p/|p| - z/|z||^2 = 2 - 2 cos(p, z)``; the mean over the
+    ordered view pairs (u != v) and the batch, i.e. BYOL's symmetrised loss (a sum over the two
+    directions) divided by V (V - 1). No gradient reaches the target's side (stop-gradient).
+
+    Args:
+        online_pred: (V, B, E) the online predictor's outputs of V views.
+        target_proj: (V, B, E) the target network's projections of the same views.
+
+    Returns:
+        Scalar in [0, 4]: 0 when every prediction points along the other view's target.
+    """
+    p = F.normalize(online_pred.float(), dim=-1)  # (V, B, E) on the unit sphere
+    z = F.normalize(target_proj.detach().float(), dim=-1)
+    v = p.shape[0]
+    terms = [(p[s] - z[t]).pow(2).sum(-1).mean() for t in range(v) for s in range(v) if s != t]
+    return torch.stack(terms).mean()
+
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, 3, H, W) -> (B, L, P*P*3), patches in row-major grid order, pixels (p, q, channel)."""

@@ -29,6 +29,7 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
+from detailclip_cli.core.choices import Stem
 from detailclip_cli.core.config import TrainConfig
 from detailclip_cli.core.distributed import BatchShard
 from detailclip_cli.core.method.losses import ClsDistillLoss, PatchDistillLoss, patchify, reconstruction_loss
@@ -66,8 +67,12 @@ def observe_stages(observer: Callable[[str], None]) -> Iterator[None]:
 
 
 def prepare_student(model: DetailCLIP, cfg: TrainConfig) -> None:
-    """Check the settings against the model and switch gradient checkpointing as they say."""
+    """Check the settings against the model, freeze the patch embedding and switch gradient
+    checkpointing as they say. Called before the teacher is copied and the optimiser built, so a
+    frozen part stays out of the optimiser and the teacher's copy of it stays equal."""
     cfg.validate(model.cfg)
+    if cfg.freeze_patch_embed and model.cfg.vision.stem == Stem.patch:
+        model.visual.patch_embed.requires_grad_(False)
     model.visual.set_grad_checkpointing(cfg.grad_checkpointing)
     model.text.set_grad_checkpointing(cfg.grad_checkpointing)
 
@@ -96,12 +101,13 @@ def teacher_momentum(cfg: TrainConfig, step: int) -> float:
 
 
 def teacher_temp_patch(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up of the patch teacher temperature over the first part of training."""
-    warm = int(cfg.teacher_temp_warmup_frac * cfg.steps)
-    if warm <= 0:
-        return cfg.teacher_temp_patch
-    t = min(step / warm, 1.0)
-    return cfg.teacher_temp_patch_warmup + t * (cfg.teacher_temp_patch - cfg.teacher_temp_patch_warmup)
+    """The patch teacher temperature at ``step``: ``teacher_temp_patch_warmup`` during the first
+    ``teacher_temp_warmup_steps`` steps (one epoch by default), ``teacher_temp_patch`` after.
+
+    A step, not iBOT's linear ramp: the authors' one-epoch warm-up is a per-epoch linspace of
+    length 1, so the first epoch runs at its start value and every later one at its end.
+    """
+    return cfg.teacher_temp_patch_warmup if step < (cfg.teacher_temp_warmup_steps or 0) else cfg.teacher_temp_patch
 
 
 @torch.no_grad()

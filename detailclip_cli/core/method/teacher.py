@@ -24,14 +24,22 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     """teacher <- momentum * teacher + (1 - momentum) * student, in place; buffers are copied.
 
     Written as a multiply and an add (not a lerp) so momentum 0 copies the student exactly and
-    momentum 1 leaves the teacher bit-for-bit unchanged.
+    momentum 1 leaves the teacher bit-for-bit unchanged. A frozen student parameter (no
+    ``requires_grad``, e.g. the patch embedding) is copied: its average is itself, and a copy keeps
+    the teacher's equal to it bit for bit, where the multiply-add would drift by rounding.
     """
-    t_params = list(teacher.parameters())
-    s_params = [p.detach() for p in student.parameters()]
-    if len(t_params) != len(s_params):
+    t_all, s_all = list(teacher.parameters()), list(student.parameters())
+    if len(t_all) != len(s_all):
         raise ValueError("teacher and student have different parameter lists")
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+    pairs = list(zip(t_all, s_all))
+    moving = [(t, s.detach()) for t, s in pairs if s.requires_grad]
+    if moving:
+        t_params, s_params = (list(x) for x in zip(*moving))
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+    for t, s in pairs:
+        if not s.requires_grad:
+            t.copy_(s)
     for tb, sb in zip(teacher.buffers(), student.buffers()):
         tb.copy_(sb)
 

@@ -46,8 +46,10 @@ class PixelDecoder(nn.Module):
         in_width: width of the encoder's tokens.
         grid: (gh, gw) patch grid.
         patch_size: P; the head predicts P * P * 3 values per patch.
-        feature_width: when set, also map decoder tokens to this width (the distillation head
-            reads them, so removed positions are predicted from context); None when unused.
+        feature_width: when set, the decoder's tokens are also features at this width (the
+            distillation head reads them, so removed positions are predicted from context): the
+            tokens themselves when the decoder is this wide (the authors' shape), else through a
+            linear bridge ``to_features``; None when unused.
     """
 
     def __init__(self, cfg: DecoderConfig, *, in_width: int, grid: tuple[int, int], patch_size: int,
@@ -59,7 +61,9 @@ class PixelDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
         self.pred = nn.Linear(cfg.width, patch_size * patch_size * 3)
-        self.to_features = nn.Linear(cfg.width, feature_width) if feature_width else None
+        self.has_features = feature_width is not None
+        bridged = self.has_features and feature_width != cfg.width
+        self.to_features = nn.Linear(cfg.width, feature_width) if bridged else None
         nn.init.normal_(self.mask_token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -82,5 +86,7 @@ class PixelDecoder(nn.Module):
             x, _ = blk(x)
         x = self.norm(x)
         pred = self.pred(x[:, 1:])  # (B, L, P*P*3)
-        features = self.to_features(x) if self.to_features is not None else None
+        features = None
+        if self.has_features:
+            features = self.to_features(x) if self.to_features is not None else x  # (B, 1 + L, D_enc)
         return pred, features

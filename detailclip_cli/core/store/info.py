@@ -20,7 +20,7 @@ from detailclip_cli.core.store.shipped import shipped_model_dir
 
 # The training settings worth a line each; the full config stays in run.json.
 TRAINING_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "removal", "keep_ratio",
-                 "block_size", "score_layer", "w_clip", "w_rec", "w_patch", "w_cls", "seed")
+                 "block_size", "score_layer", "w_clip", "w_rec", "w_patch", "w_cls", "simclr_term", "seed")
 
 
 def model_info(spec: str | None, *, pretrained: str | None = None) -> dict[str, Any]:
@@ -55,6 +55,8 @@ def model_info(spec: str | None, *, pretrained: str | None = None) -> dict[str, 
             "data": settings.get("data"),
             "command": settings.get("command"),
             "preset": settings.get("preset"),
+            # The method (core/recipes); a run from before recipes has none recorded.
+            "recipe": settings.get("recipe"),
             **{k: train[k] for k in TRAINING_KEYS if k in train},
             **_progress(run),
         }
@@ -91,5 +93,5 @@ def _progress(run: RunFolder) -> dict[str, Any]:
     rows = run.metrics()
     if rows:
         out["last_logged"] = {k: v for k, v in rows[-1].items()
-                              if k in ("step", "loss", "clip", "rec", "cls", "patch", "elapsed_s")}
+                              if k in ("step", "loss", "clip", "simclr", "rec", "cls", "patch", "elapsed_s")}
     return out

@@ -8,17 +8,64 @@ from typing import Any
 
 import torch
 
+from detailclip_cli.core.choices import DistillMethod, Removal, one_of
 from detailclip_cli.core.config import ConfigError, ModelConfig, TrainConfig
 from detailclip_cli.core.data.multicrop import MultiCropDataset, local_crop_size
 from detailclip_cli.core.method.distill import (
     FrozenTeacherObjective,
     SelfDistillObjective,
 )
+from detailclip_cli.core.method.selfsup import ByolObjective, DinoObjective, SimCLRObjective
 from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.store.lookup import resolve_model
 from detailclip_cli.core.store.run import RunFolder
 from detailclip_cli.core.training.loop import TrainingRun, fit
 from detailclip_cli.core.training.trainset import prepare
+
+
+# The objective of each method, for a run without a teacher.
+OBJECTIVES = {DistillMethod.ibot: SelfDistillObjective, DistillMethod.dino: DinoObjective,
+              DistillMethod.byol: ByolObjective, DistillMethod.simclr: SimCLRObjective}
+# Local crops per image when the run does not say: DINO is multi-crop (6 is its paper's
+# "2 x 224 + 6 x 96" setting); the others take none unless asked.
+DEFAULT_LOCAL_CROPS = {DistillMethod.dino: 6}
+# The methods with a [CLS] target that local crops can be matched to.
+MULTI_CROP_METHODS = (DistillMethod.ibot, DistillMethod.dino)
+
+
+def default_local_crops(method: str | None) -> int:
+    """Local crops per image of a run of ``method`` that does not say (None: ibot)."""
+    return DEFAULT_LOCAL_CROPS.get(check_method(method or DistillMethod.ibot), 0)
+
+
+def check_method(method: str) -> DistillMethod:
+    """``method`` as a :class:`DistillMethod`; a :class:`ConfigError` naming the choices otherwise."""
+    if method not in tuple(DistillMethod):
+        raise ConfigError(f"method must be {one_of(DistillMethod)}, not {method!r}")
+    return DistillMethod(method)
+
+
+def method_configs(method: str, model_cfg: ModelConfig, train_cfg: TrainConfig, *, removal_chosen: bool = False,
+                   reconstruct: bool = False) -> tuple[ModelConfig, TrainConfig]:
+    """The configs a new run of ``method`` starts from (copies; the arguments are not changed).
+
+    ``ibot`` takes them as they are. ``dino``, ``byol`` and ``simclr`` are the image-level
+    objectives the method builds on: they run without token removal unless ``removal_chosen``
+    (the run named a strategy) and without the pixel decoder unless ``reconstruct``; ``byol``
+    and ``simclr`` also leave out the distillation head, which they do not use, so the saved
+    model holds no untrained part.
+    """
+    method = check_method(method)
+    model_cfg, train_cfg = ModelConfig.from_dict(model_cfg.to_dict()), TrainConfig.from_dict(train_cfg.to_dict())
+    if method is DistillMethod.ibot:
+        return model_cfg, train_cfg
+    if not reconstruct:
+        model_cfg.decoder = None
+    if method not in MULTI_CROP_METHODS:
+        model_cfg.head = None
+    if not removal_chosen:
+        train_cfg.removal = Removal.none.value
+    return model_cfg, train_cfg
 
 
 def student_config_for(student: ModelConfig, teacher: ModelConfig) -> ModelConfig:
@@ -52,13 +99,15 @@ def load_teacher(spec: str, *, pretrained: str | None = None, out_dir: Path | No
 
 def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
             device: str = "auto", teacher: str | None = None, pretrained: str | None = None,
-            local_crops: int = 0, local_size: int | None = None, resume: bool = False,
-            settings: dict[str, Any] | None = None) -> TrainingRun:
+            method: str | None = None, local_crops: int | None = None, local_size: int | None = None,
+            resume: bool = False, settings: dict[str, Any] | None = None) -> TrainingRun:
     """Distil a student image tower: set the run up now, and return an iterator of its steps.
 
-    Without ``teacher``: self-distillation (:class:`SelfDistillObjective`). With one: the
-    student learns from it, frozen (:class:`FrozenTeacherObjective`), and inherits its text
-    tower. The run folder has ``pretrain``'s layout; the student is ``model.safetensors``.
+    Without ``teacher``: the image-only objective ``method`` (:data:`OBJECTIVES`; ``ibot``,
+    self-distillation, by default; :func:`method_configs` gives the configs the others start
+    from). With one: the student learns from it, frozen (:class:`FrozenTeacherObjective`), and
+    inherits its text tower. The run folder has ``pretrain``'s layout; the student is
+    ``model.safetensors``; ``run.json`` records the method (None with a teacher).
 
     Args:
         student_cfg: the student's model (with a teacher, its text and embedding settings are
@@ -69,7 +118,9 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
         device: ``auto``, ``cpu`` or ``cuda``.
         teacher: a model spec for ``resolve_model`` (run or model folder, ``open_clip:NAME``).
         pretrained: with ``open_clip:NAME``, its pretrained tag or weights file.
-        local_crops: N local crops per image (DINO multi-crop); 0 for none.
+        method: a :class:`DistillMethod` without a teacher (default ``ibot``); must be None with one.
+        local_crops: N local crops per image (DINO multi-crop); 0 for none; None for the
+            method's default (:data:`DEFAULT_LOCAL_CROPS`, else 0). ``byol`` and ``simclr`` take none.
         local_size: their side in pixels (default: 3/7 of the global side, whole patches).
         resume: continue the run in ``out_dir`` (the teacher is restored from its state).
         settings: extra settings to record in ``run.json``.
@@ -79,17 +130,26 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
         TrainingError: while iterating, a loss became non-finite.
     """
     v = student_cfg.vision
+    if teacher is not None and method is not None:
+        raise ConfigError("--method chooses the objective of a run without a teacher; with --teacher the "
+                          "student learns from the teacher (leave --method out)")
+    chosen = None if teacher is not None else check_method(method or DistillMethod.ibot)
+    if local_crops is None:
+        local_crops = 0 if chosen is None else default_local_crops(chosen)
 
     def check_local_crops() -> None:  # run after the configs' own checks, which vouch for the patch size
         nonlocal local_size
         local_size = local_size or local_crop_size(v.image_size, v.patch_size)
         if local_crops < 0:
             raise ConfigError(f"local_crops must be at least 0, got {local_crops}")
+        if local_crops and chosen is not None and chosen not in MULTI_CROP_METHODS:
+            raise ConfigError(f"{chosen} takes no local crops (they are for {one_of(MULTI_CROP_METHODS)})")
         if local_crops and (local_size % v.patch_size or local_size < v.patch_size):
             raise ConfigError(f"local crop size {local_size} is not a positive multiple of the patch size "
                               f"{v.patch_size}")
 
-    dev, train_data = prepare(student_cfg, cfg, device=device, data=data, captions=False, check=check_local_crops)
+    dev, train_data, cfg = prepare(student_cfg, cfg, device=device, data=data, captions=False,
+                                   check=check_local_crops)
     teacher_model = None
     if teacher is not None:
         # Under its own RNG: the student's initialisation depends on the seed alone, teacher or not.
@@ -101,12 +161,13 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
         adopt_text_tower(model, teacher_model)
         objective = FrozenTeacherObjective(model, cfg, teacher=teacher_model)
     else:
-        objective = SelfDistillObjective(model, cfg)
+        objective = OBJECTIVES[chosen](model, cfg)
     objective.to(dev)
     dataset = train_data.dataset(MultiCropDataset, vision=v, tokenize=None, local_crops=local_crops,
                                  local_size=local_size)
     record = {"command": "distill", **(settings or {}), "teacher": teacher, "pretrained": pretrained,
-              "local_crops": local_crops, "local_size": local_size}
+              "method": None if chosen is None else chosen.value, "local_crops": local_crops,
+              "local_size": local_size}
     if teacher_model is not None:
         record["teacher_model"] = teacher_model.cfg.to_dict()
     return fit(objective, dataset, cfg=cfg, data=data, out_dir=out_dir, device=dev, resume=resume,

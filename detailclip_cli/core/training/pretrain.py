@@ -38,7 +38,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
         ConfigError, DataError: at the call, for unusable settings or data.
         TrainingError: while iterating, a loss became non-finite (the last good checkpoint is kept).
     """
-    dev, train_data = prepare(model_cfg, cfg, device=device, data=data)
+    dev, train_data, cfg = prepare(model_cfg, cfg, device=device, data=data)
     model = DetailCLIP(model_cfg)
     if init is not None:
         copy_clip_weights_(model, init)  # before the objective copies the image tower into the teacher

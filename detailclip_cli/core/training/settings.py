@@ -1,15 +1,19 @@
-"""The configs of a training run: a new one (preset or config file, then overrides, epochs to
-steps) or a resumed one (its recorded settings, with the few changes a resume allows).
+"""The configs of a training run: a new one (preset or config file, recipe, then overrides,
+epochs to steps) or a resumed one (its recorded settings, with the few changes a resume allows).
 
-Both recipes (pretrain, distill) and their commands start here, and so can a notebook::
+A new run's settings, lowest first: the preset, the recipe (``core/recipes``), the config
+file's own values, the explicit overrides.
+
+Both training entry points (pretrain, distill) and their commands start here, and so can a notebook::
 
     given = overrides(steps=600, keep_ratio=0.25)
-    model_cfg, train_cfg = new_configs("tiny", None, given, epochs=None, count_samples=lambda: 0)
+    model_cfg, train_cfg = new_configs("tiny", None, given, epochs=None, count_samples=lambda: 0, recipe="flip")
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -19,10 +23,11 @@ from detailclip_cli.core.config import (
     ConfigError,
     ModelConfig,
     TrainConfig,
+    configs_from_dict,
     load_config_file,
-    load_preset,
 )
 from detailclip_cli.core.data import open_source
+from detailclip_cli.core.recipes import load_recipe
 from detailclip_cli.core.store.run import RunFolder
 
 # What may change when a run is resumed (besides the device and the number of processes).
@@ -53,32 +58,46 @@ def epoch_samples(data: str, *, samples_per_epoch: int | None = None, images_onl
 
 
 def new_configs(preset: str | None, config: Path | None, given: dict[str, Any], *, epochs: float | None,
-                count_samples: Callable[[], int],
-                preset_option: str = "--preset") -> tuple[ModelConfig, TrainConfig]:
-    """The model and training configs of a new run: a preset or config file, then the overrides.
+                count_samples: Callable[[], int], preset_option: str = "--preset",
+                recipe: str | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of a new run: a preset or config file, the recipe, then the overrides.
 
     Args:
         preset: preset name (default tiny).
-        config: a JSON config file (exclusive with ``preset``).
+        config: a JSON config file (exclusive with ``preset``); its values override the recipe's.
         given: overrides from :func:`overrides`.
         epochs: training length in passes over the data, turned into steps (exclusive with a
             ``steps`` override).
-        count_samples: how many training samples the data has (only called for ``epochs``),
-            e.g. ``lambda: epoch_samples(data)``.
+        count_samples: how many training samples the data has (called at most once, for
+            ``epochs`` or a length of one epoch, see ``TrainConfig.with_epoch_length``), e.g.
+            ``lambda: epoch_samples(data)``.
         preset_option: the option that names the preset, for messages.
+        recipe: a recipe name (:data:`~detailclip_cli.core.recipes.RECIPES`), laid over the
+            preset; None lays none (the preset's method as it is).
+
+    Raises:
+        ConfigError: an unusable preset, config file, recipe or override.
     """
+    overlay = load_recipe(recipe).overlay() if recipe is not None else None
     if config is not None:
         if preset:
             raise ConfigError(f"give either {preset_option} or --config (a config file may name its preset)")
-        model_cfg, train_cfg = load_config_file(config)
+        model_cfg, train_cfg = load_config_file(config, recipe=overlay)
     else:
-        model_cfg, train_cfg = load_preset(preset or "tiny")
+        model_cfg, train_cfg = configs_from_dict({"preset": preset or "tiny"}, recipe=overlay)
+    batch_size = given.get("batch_size", train_cfg.batch_size)
+    # The data is counted once, if needed; a batch below 1 is refused by validation, with its message.
+    steps_per_epoch = functools.cache(lambda: count_samples() // max(1, batch_size))
     if epochs is not None:
         if "steps" in given:
             raise ConfigError("give --steps or --epochs, not both")
-        per_epoch = count_samples() // given.get("batch_size", train_cfg.batch_size)
-        given = {**given, "steps": max(1, round(epochs * per_epoch))}
-    return model_cfg, TrainConfig.from_dict({**train_cfg.to_dict(), **given})
+        given = {**given, "steps": max(1, round(epochs * steps_per_epoch()))}
+    train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), **given})
+    # Lengths left at None last one epoch of this data (the authors' warm-ups); fixed here, so
+    # run.json records steps and a resumed run keeps them.
+    if train_cfg.epoch_lengths_unset():
+        train_cfg = train_cfg.with_epoch_length(steps_per_epoch())
+    return model_cfg, train_cfg
 
 
 def resume_configs(resume: Path, given: dict[str, Any], *,

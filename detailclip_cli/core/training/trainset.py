@@ -23,10 +23,12 @@ from detailclip_cli.core.distributed import join_process_group
 from detailclip_cli.core.training.loop import check_batch_fits
 
 
-def train_augment(image_size: int, chiral: bool) -> AugmentConfig:
-    """The two global views' augmentation at ``image_size``; never mirrored for ``chiral`` data
-    (the demo set's digits: a mirrored view would not show the digit its caption names)."""
-    aug = AugmentConfig.for_image_size(image_size)
+def train_augment(image_size: int, chiral: bool, cfg: TrainConfig | None = None) -> AugmentConfig:
+    """The two global views' augmentation at ``image_size``, with the flip, blur and solarize
+    probabilities of ``cfg`` (else the defaults); never mirrored for ``chiral`` data (the demo
+    set's digits: a mirrored view would not show the digit its caption names)."""
+    strengths = {} if cfg is None else {"hflip": cfg.hflip, "blur": cfg.blur, "solarize": cfg.solarize}
+    aug = AugmentConfig.for_image_size(image_size, **strengths)
     if chiral:
         aug = dataclasses.replace(aug, hflip=0.0)
     return aug
@@ -62,7 +64,7 @@ class TrainData:
         cfg = self.cfg
         samples = self.source if isinstance(self.source, MapSource) else None
         dataset = views(samples, image_size=vision.image_size, mean=vision.mean, std=vision.std,
-                        aug=train_augment(vision.image_size, self.source.chiral), tokenize=tokenize, seed=cfg.seed,
+                        aug=train_augment(vision.image_size, self.source.chiral, cfg), tokenize=tokenize, seed=cfg.seed,
                         **options)
         if samples is None:  # the views above make the items of the images the shards stream
             dataset = self.source.stream(dataset, seed=cfg.seed)
@@ -87,16 +89,22 @@ def build_train_data(data: str | Path, cfg: TrainConfig, *, captions: bool = Tru
 
 
 class Prepared(NamedTuple):
-    """What :func:`prepare` set up: the device this process trains on, and the training data."""
+    """What :func:`prepare` set up: the device this process trains on, the training data, and the
+    training settings with every length left at one epoch (``None``) resolved in steps."""
 
     device: torch.device
     data: TrainData
+    cfg: TrainConfig
 
 
 def prepare(model_cfg: ModelConfig, cfg: TrainConfig, *, device: str, data: str | Path, captions: bool = True,
             check: Callable[[], None] | None = None) -> Prepared:
-    """The setup every recipe shares: check the configs (then ``check``, the recipe's own
-    settings), join the process group on the device, read the training data, seed.
+    """The setup both training entry points share: check the configs (then ``check``, the entry
+    point's own settings), join the process group on the device, read the training data, resolve
+    the lengths left at one epoch (``TrainConfig.with_epoch_length``) from it, seed.
+
+    The lengths are resolved here, where the data is known, so a library call and the CLI (whose
+    ``settings.new_configs`` resolves them earlier, to record them) train alike.
 
     Everything random that follows (the model's initialisation first) depends on ``cfg.seed``
     alone; a recipe that builds anything else randomly before its model (a teacher) does it
@@ -111,5 +119,8 @@ def prepare(model_cfg: ModelConfig, cfg: TrainConfig, *, device: str, data: str 
         check()
     dev = join_process_group(resolve_device(device))
     train_data = build_train_data(data, cfg, captions=captions)
+    if cfg.epoch_lengths_unset():
+        cfg = cfg.with_epoch_length(max(1, len(train_data.source) // cfg.batch_size))
+        train_data = dataclasses.replace(train_data, cfg=cfg)
     seed_everything(cfg.seed)
-    return Prepared(dev, train_data)
+    return Prepared(dev, train_data, cfg)

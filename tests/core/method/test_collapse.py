@@ -9,7 +9,8 @@ import warnings
 import pytest
 import torch
 
-from detailclip_cli.core.method.collapse import CollapseMonitor, CollapseWarning, collapse_message, embedding_spread, random_spread, teacher_entropy
+from detailclip_cli.core.method.collapse import (NEGATIVES_REMEDIES, CollapseMonitor, CollapseWarning, collapse_message,
+                                                 embedding_spread, random_spread, teacher_entropy)
 
 
 def test_identical_rows_have_zero_spread():
@@ -83,6 +84,17 @@ def test_monitor_warns_once_on_a_collapsed_batch():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert monitor.check(step=8, spread=collapsed) is None  # not every step
+
+
+def test_an_objective_with_negatives_gets_its_own_remedies():
+    """SimCLR has no teacher: its spread message suggests what helps negatives, not a teacher momentum."""
+    monitor = CollapseMonitor(dim=32, remedies=NEGATIVES_REMEDIES)
+    with pytest.warns(CollapseWarning) as caught:
+        message = monitor.check(step=3, spread=0.0)
+    assert message == str(caught[0].message)
+    assert "more negatives" in message and "ssl_temp" in message and "momentum" not in message
+    # With no teacher distribution, the entropy is not judged, however low it would be.
+    assert collapse_message(spread=0.7 * random_spread(32), dim=32, entropy_value=0.0, classes=None) is None
 
 
 def test_cli_shows_a_collapse_warning_as_one_line():

@@ -272,7 +272,7 @@ def test_local_to_global_is_every_local_crop_against_every_global_view():
 def test_weighted_total_uses_each_terms_own_weight():
     cfg = TrainConfig(w_clip=0.5, w_rec=2.0, w_cls=3.0, w_patch=5.0)
     assert loss_weights(cfg) == {"clip": 0.5, "rec": 2.0, "cls": 3.0, "patch": 5.0,
-                                 "patch_kept": 5.0, "patch_removed": 5.0}
+                                 "patch_kept": 5.0, "patch_removed": 5.0, "dino": 3.0, "byol": 1.0, "simclr": 1.0}
     losses = weighted_total({"clip": torch.tensor(1.0), "rec": torch.tensor(10.0), "cls": torch.tensor(100.0)}, cfg)
     assert losses["loss"].item() == 0.5 + 20.0 + 300.0
     kept = weighted_total({"rec": torch.tensor(1.0), "patch_kept": torch.tensor(2.0),

@@ -101,3 +101,13 @@ def test_cosine_schedule_endpoints_and_midpoint(start, end):
 def test_cosine_schedule_is_monotone():
     values = [cosine_schedule(s, 20, 0.99, 1.0) for s in range(21)]
     assert all(a <= b for a, b in zip(values, values[1:]))
+
+
+def test_a_frozen_student_parameter_is_copied_bit_for_bit():
+    teacher, student = _pair()
+    student[0].weight.requires_grad_(False)  # frozen (as the patch embedding is)
+    moving_before = teacher[3].weight.clone()
+    for m in (0.996, 0.9, 0.37):
+        ema_update_(teacher, student, m)
+        assert teacher[0].weight.view(torch.int32).equal(student[0].weight.view(torch.int32))
+    assert not torch.equal(teacher[3].weight, moving_before)  # the others still average

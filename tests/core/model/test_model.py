@@ -16,6 +16,7 @@ from detailclip_cli.core.config import TrainConfig, load_preset
 from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.method.objective import DetailCLIPObjective
 from detailclip_cli.core.method.teacher import cosine_schedule
+from detailclip_cli.core.model.removal import restore_tokens
 from detailclip_cli.core.model.vit import Attention, VisionTransformer, reduce_cls_attention
 
 B = 4  # images per view
@@ -256,7 +257,7 @@ def test_random_removal_is_seeded_by_seed_and_step():
     b = obj.remove(patches, None, step=5)
     c = obj.remove(patches, None, step=6)
     assert torch.equal(a.mask, b.mask) and not torch.equal(a.mask, c.mask)
-    assert a.kept.shape == (B, 32, 48)
+    assert a.kept.shape == (B, 36, 48)  # 16 blocks of 2x2: floor(8) + 1 = 9 kept
 
 
 def test_attention_removal_keeps_the_teachers_top_blocks():
@@ -269,26 +270,27 @@ def test_attention_removal_keeps_the_teachers_top_blocks():
     block_means = torch.nn.functional.avg_pool2d(scores.reshape(-1, 1, 8, 8), 2).reshape(-1, 16)
     kept_blocks = (~r.mask).reshape(-1, 4, 2, 4, 2)[:, :, 0, :, 0].reshape(-1, 16)
     for i in range(2 * B):
-        top = set(torch.sort(block_means[i], descending=True).indices[:8].tolist())
+        top = set(torch.sort(block_means[i], descending=True).indices[:9].tolist())  # floor(16 * 0.5) + 1
         assert set(kept_blocks[i].nonzero().flatten().tolist()) == top
 
 
-def test_patch_temperature_warms_up():
-    obj = _objective(train_changes={"steps": 100, "teacher_temp_warmup_frac": 0.3})
-    assert obj.teacher_temp_patch(0) == pytest.approx(0.04)
-    assert obj.teacher_temp_patch(15) == pytest.approx(0.055)
-    assert obj.teacher_temp_patch(30) == pytest.approx(0.07)
-    assert obj.teacher_temp_patch(100) == pytest.approx(0.07)
+def test_patch_temperature_is_004_through_the_first_epoch_and_007_after():
+    # an epoch of 30 steps, as new_configs fixes it from the data (None = one epoch)
+    cfg = small_train_cfg(steps=100, teacher_temp_warmup_steps=None).with_epoch_length(30)
+    obj = DetailCLIPObjective(DetailCLIP(small_model_cfg()), cfg)
+    assert [obj.teacher_temp_patch(s) for s in (0, 15, 29)] == [0.04, 0.04, 0.04]
+    assert [obj.teacher_temp_patch(s) for s in (30, 31, 99)] == [0.07, 0.07, 0.07]
 
 
 def test_patch_temperature_without_warmup_is_constant():
-    obj = _objective(train_changes={"steps": 100, "teacher_temp_warmup_frac": 0.0})
-    assert obj.teacher_temp_patch(0) == pytest.approx(0.07)
-    assert obj.teacher_temp_patch(50) == pytest.approx(0.07)
+    obj = _objective(train_changes={"steps": 100, "teacher_temp_warmup_steps": 0})
+    assert obj.teacher_temp_patch(0) == 0.07
+    assert obj.teacher_temp_patch(50) == 0.07
 
 
 def test_update_teacher_moves_it_towards_the_student():
-    obj = _objective(train_changes={"steps": 10, "momentum_base": 0.9})
+    # every part moves here (the frozen patch embedding is copied instead: test_teacher.py)
+    obj = _objective(train_changes={"steps": 10, "momentum_base": 0.9, "freeze_patch_embed": False})
     with torch.no_grad():  # stand in for an optimiser step
         for p in obj.model.image_tower().parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -397,3 +399,57 @@ def test_cls_loss_reads_the_encoders_cls_and_sends_no_gradient_to_the_decoder():
                    student_out=obj.model.head(latent[:, 0]).reshape(shape),
                    teacher_temp=obj.cfg.teacher_temp_cls, student_temp=obj.cfg.student_temp)
     torch.testing.assert_close(losses["cls"].detach(), want)
+
+
+# -- the authors' recipe settings ------------------------------------------------------------
+
+
+def test_frozen_patch_embedding_gets_no_update_and_the_teacher_keeps_it_equal():
+    from detailclip_cli.core.training.optim import build_optimizer
+
+    obj = _objective(train_changes={"steps": 10, "momentum_base": 0.5, "lr": 1e-2})
+    patch = dict(obj.model.visual.patch_embed.named_parameters())
+    assert set(patch) == {"proj.weight", "proj.bias"} and not any(p.requires_grad for p in patch.values())
+    start = {k: p.clone() for k, p in patch.items()}
+    optimizer = build_optimizer(obj, obj.cfg)
+    optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert not optimised & {id(p) for p in patch.values()}  # out of the optimiser
+    assert id(obj.model.visual.cls_token) in optimised  # the rest trains
+    cls_before = obj.model.visual.cls_token.clone()
+    for step in range(2):
+        optimizer.zero_grad()
+        _step(obj, step)["loss"].backward()
+        optimizer.step()
+        obj.update_teacher(step)
+    assert not torch.equal(cls_before, obj.model.visual.cls_token)
+    teacher_patch = dict(obj.teacher.visual.patch_embed.named_parameters())
+    for k, p in patch.items():
+        assert torch.equal(p, start[k]) and torch.equal(teacher_patch[k], p)  # bit for bit
+
+
+def test_unfrozen_or_conv_stem_patch_embedding_trains():
+    obj = _objective(train_changes={"freeze_patch_embed": False})
+    assert all(p.requires_grad for p in obj.model.visual.patch_embed.parameters())
+    conv = _objective({"vision": dataclasses.replace(small_model_cfg().vision, stem="conv")})
+    assert all(p.requires_grad for p in conv.model.visual.patch_embed.parameters())  # a conv stem learns
+
+
+def test_decoder_as_wide_as_the_encoder_has_no_bridge_and_feeds_the_head_its_tokens():
+    from detailclip_cli.core.config import DecoderConfig
+
+    wide = DetailCLIP(small_model_cfg(decoder=DecoderConfig(width=48, depth=1, heads=3)))
+    narrow = DetailCLIP(small_model_cfg())  # decoder 32 wide, encoder 48: bridged
+    assert wide.decoder.to_features is None and not any("to_features" in k for k in wide.state_dict())
+    assert isinstance(narrow.decoder.to_features, torch.nn.Linear) and narrow.decoder.to_features.out_features == 48
+    latent, ids_restore = torch.randn(2, 1 + 16, 48), torch.stack([torch.randperm(64) for _ in range(2)])
+    pred, features = wide.decoder(latent, ids_restore)
+    assert pred.shape == (2, 64, 8 * 8 * 3) and features.shape == (2, 65, 48)
+    # the features are the decoder's normalised tokens themselves
+    d = wide.decoder
+    x = torch.cat([d.embed(latent)[:, :1], restore_tokens(d.embed(latent)[:, 1:], ids_restore, d.mask_token)], 1)
+    x = x + d.pos_embed
+    for blk in d.blocks:
+        x, _ = blk(x)
+    torch.testing.assert_close(features, d.norm(x))
+    assert DetailCLIP(small_model_cfg(head=None, decoder=DecoderConfig(width=48, heads=3))).decoder(
+        latent, ids_restore)[1] is None  # no head, no features

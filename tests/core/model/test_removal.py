@@ -63,13 +63,24 @@ def _check_consistent(r, x: torch.Tensor, k: int) -> None:
 
 
 def test_num_kept_reference_values():
-    assert num_kept(64, 0.5) == 32
-    assert num_kept(64, 0.5, 2) == 32
-    assert num_kept(196, 0.25) == 49
-    assert num_kept(63, 0.3) == 19  # round(18.9)
-    assert num_kept(64, 0.01, 2) == 4  # at least one block
-    assert num_kept(64, 1.0, 2) == 64
-    assert num_kept(196, 0.75, 2) == 148  # 49 blocks -> round(36.75) = 37 blocks of 4
+    # the authors' count, floor(cells * r) + 1 cells, capped at all cells
+    assert num_kept(64, 0.5) == 33  # floor(32) + 1
+    assert num_kept(64, 0.5, 2) == 36  # 16 cells -> 9 cells of 4
+    assert num_kept(196, 0.25) == 50
+    assert num_kept(63, 0.3) == 19  # floor(18.9) + 1
+    assert num_kept(64, 0.01, 2) == 4  # floor(0.16) + 1: one block
+    assert num_kept(64, 1.0, 2) == 64  # 17 cells capped at 16
+    assert num_kept(1, 1.0) == 1
+
+
+@pytest.mark.parametrize("keep_ratio, kept", [(0.5, 100), (0.25, 52), (0.75, 148)])
+def test_kept_patches_on_a_14x14_grid_with_2x2_blocks_match_the_authors(keep_ratio, kept):
+    # 49 cells: 24.5 -> 25 cells (100 patches), 12.25 -> 13 (52), 36.75 -> 37 (148)
+    assert num_kept(196, keep_ratio, 2) == kept
+    x = torch.randn(2, 196, 3, generator=torch.Generator().manual_seed(0))
+    scores = torch.rand(2, 196, generator=torch.Generator().manual_seed(1))
+    r = remove_tokens(x, scores, keep_ratio, grid=(14, 14), block_size=2)
+    assert r.kept.shape == (2, kept, 3) and (~r.mask).sum(dim=1).tolist() == [kept, kept]
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
@@ -143,7 +154,7 @@ def test_block_mode_hand_checked_4x4():
         [5.0, 5.0, 2.0, 2.0],
     ]).reshape(1, 16)
     x = torch.arange(16.0).reshape(1, 16, 1)
-    r = remove_tokens(x, scores, 0.5, grid=(4, 4), block_size=2)
+    r = remove_tokens(x, scores, 0.25, grid=(4, 4), block_size=2)  # floor(4 * 0.25) + 1 = 2 of 4 blocks
     assert r.ids_keep.tolist() == [[2, 3, 6, 7, 8, 9, 12, 13]]
     expected_mask = torch.tensor([[True, True, False, False, True, True, False, False,
                                    False, False, True, True, False, False, True, True]])

@@ -105,7 +105,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(demo_cache, tmp_path, m
 
 
 def test_lr_schedule():
-    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr=0.0)
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr=0.0, warmup_start_lr=None)  # version 1's ramp
     assert lr_at(0, cfg) == pytest.approx(0.1)
     assert lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(10, cfg) == pytest.approx(1.0)
@@ -197,7 +197,8 @@ def test_compiled_blocks_give_the_same_losses_and_checkpoint_keys(demo_cache, tm
 def test_demo_views_are_never_mirrored():
     from detailclip_cli.core.training.trainset import train_augment
 
-    demo, user = train_augment(64, chiral=True), train_augment(64, chiral=False)
+    flips = TrainConfig(hflip=0.5)  # the default has no flips: ask for them
+    demo, user = train_augment(64, chiral=True, cfg=flips), train_augment(64, chiral=False, cfg=flips)
     assert demo.hflip == 0.0 and user.hflip == 0.5  # demo captions say left and right
     assert demo.crop_scale == user.crop_scale == (0.35, 1.0)  # otherwise the general small-image recipe
 
@@ -221,3 +222,22 @@ def test_mixed_precision_runs_close_to_fp32(demo_cache, tmp_path, precision):
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+
+
+def test_lengths_left_at_one_epoch_resolve_from_the_data_in_a_library_call(demo_cache):
+    """`prepare` sets every length left at None (one epoch) to the data's steps per epoch, so a
+    library call trains as the CLI does (which resolves them earlier, to record them)."""
+    from detailclip_cli.core.data import read_samples
+    from detailclip_cli.core.training.trainset import prepare
+
+    model_cfg, cfg = load_preset("tiny")
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "batch_size": 40, "warmup_steps": None,
+                                 "teacher_temp_warmup_steps": None})
+    _, data, resolved = prepare(model_cfg, cfg, device="cpu", data="demo")
+    per_epoch = len(read_samples("demo", split="train")) // 40  # 2000 // 40 = 50
+    assert per_epoch == 50
+    assert (resolved.warmup_steps, resolved.teacher_temp_warmup_steps) == (50, 50)
+    assert data.cfg is resolved and resolved.steps == cfg.steps  # nothing else changes
+    # Lengths given in steps are kept.
+    given = TrainConfig.from_dict({**cfg.to_dict(), "warmup_steps": 7, "teacher_temp_warmup_steps": 9})
+    assert prepare(model_cfg, given, device="cpu", data="demo").cfg is given
