@@ -18,7 +18,7 @@ Runs already in runs.jsonl are skipped, so an interrupted experiment continues w
 The budget: 300 steps at batch 32 (4.8 epochs of the 2,000 demo images) is about 3 minutes a
 run with its evaluation here, so 6 arms x 3 seeds take about 55 minutes. At that budget the
 arms are well past chance on zero-shot (about 40-55 % top-1; the shipped model, 1,500 steps at
-batch 48, reaches 90.6 %) without any of them being near convergence.
+batch 48, reached 90.6 % with 0.1's recipe) without any of them being near convergence.
 """
 
 from __future__ import annotations

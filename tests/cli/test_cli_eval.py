@@ -52,7 +52,7 @@ def test_evaluate_the_shipped_model(demo_cache):
     record = json.loads(result.stdout)
     assert record["model"].endswith("detailclip-tiny")
     top1 = record["metrics"]["zeroshot"]["top1"]
-    assert top1 > 0.6  # 0.906 measured, chance 0.125
+    assert top1 > 0.6  # 0.890 measured, chance 0.125
     assert top1 == pytest.approx(zero_shot_eval()["top1"], abs=1e-6)
 
 

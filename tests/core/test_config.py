@@ -238,16 +238,25 @@ def test_version_1_documents_keep_what_version_1_did():
     assert TrainConfig.from_dict({"version": 1, "freeze_patch_embed": True}).freeze_patch_embed
 
 
-def test_the_shipped_model_loads_with_the_settings_it_was_trained_with():
+def test_version_1_documents_load_with_the_settings_they_were_trained_with():
+    """0.1's shipped model (its config.json and run.json, kept in tests/data) reads back with
+    version 1's values for every setting version 2 added; today's shipped model has version 2's."""
     from importlib import resources
+    from pathlib import Path
 
     from detailclip_cli.core.config import CLIP_MEAN
 
+    old = Path(__file__).resolve().parents[1] / "data" / "v1-shipped-model"
+    model = ModelConfig.from_dict(json.loads((old / "config.json").read_text()))
+    assert model.vision.mean == CLIP_MEAN and model.text.act == "gelu" and model.decoder.width == 128
+    train = TrainConfig.from_dict(json.loads((old / "run.json").read_text())["train"])
+    assert not train.freeze_patch_embed and train.min_lr == 0.0 and train.weight_decay_policy == "skip_embeddings"
+
     folder = resources.files("detailclip_cli.core.store.shipped").joinpath("detailclip-tiny")
     model = ModelConfig.from_dict(json.loads(folder.joinpath("config.json").read_text()))
-    assert model.vision.mean == CLIP_MEAN and model.text.act == "gelu" and model.decoder.width == 128
+    assert model.vision.mean == (0.485, 0.456, 0.406)  # ImageNet's, the authors' statistics
     train = TrainConfig.from_dict(json.loads(folder.joinpath("run.json").read_text())["train"])
-    assert not train.freeze_patch_embed and train.min_lr == 0.0 and train.weight_decay_policy == "skip_embeddings"
+    assert train.freeze_patch_embed and train.min_lr == 1e-5 and train.weight_decay_policy == "all_matrices"
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -25,7 +25,8 @@ def test_shipped_model_is_small_and_loads():
 def test_shipped_model_is_trained(demo_cache):
     """`zero-shot --eval demo` on the shipped model: far above chance on the demo validation split.
 
-    Chance is 1/8 (the majority class 88/500 = 17.6 %); 90.6 % top-1 was measured. A hand count
+    Chance is 1/8 (the majority class 88/500 = 17.6 %); 89.0 % top-1 was measured (90.6 % for
+    0.1's model, trained before the authors' recipe). A hand count
     backs the command's figure: each validation image, found from the generator's own records,
     classified alone and compared with the colour it was painted in.
     """
@@ -55,7 +56,7 @@ def test_shipped_model_is_trained(demo_cache):
         correct[rec["label"]] += predicted == rec["label"]
     assert [r["correct"] for r in report["per_class"]] == [correct[c] for c in classes]
     assert report["top1"] == pytest.approx(sum(correct.values()) / 500, abs=1e-12)
-    assert report["top1"] > 0.6, report["top1"]  # 0.906 measured
+    assert report["top1"] > 0.6, report["top1"]  # 0.890 measured
     assert report["mean_per_class_recall"] > 0.6, report["mean_per_class_recall"]
 
 
