@@ -10,7 +10,7 @@ import typer
 from detailclip_cli.cli import options as opts
 from detailclip_cli.cli.console import drive, err_console, removal_summary
 from detailclip_cli.cli.output import default_run_dir
-from detailclip_cli.core.recipes import DEFAULT_RECIPE, LIST, RECIPES, load_recipe
+from detailclip_cli.core.recipes import DEFAULT_RECIPE, LIST, RECIPES, all_recipes, load_recipe
 from detailclip_cli.errors import UsageError
 
 
@@ -155,8 +155,6 @@ def pretrain(
 
 def print_recipes() -> None:
     """``--recipe list``: each recipe's name and what it does, one line each (stdout)."""
-    from detailclip_cli.core.recipes import all_recipes
-
     width = max(map(len, RECIPES))
     for r in all_recipes():
         print(f"{r.name:<{width}}  {r.summary}")
