@@ -57,6 +57,8 @@ def model_info(spec: str | None, *, pretrained: str | None = None) -> dict[str, 
             "preset": settings.get("preset"),
             # The method (core/recipes); a run from before recipes has none recorded.
             "recipe": settings.get("recipe"),
+            # A distill run's self-supervised objective (distill --method); None with a teacher.
+            **({"method": settings["method"]} if settings.get("method") else {}),
             **{k: train[k] for k in TRAINING_KEYS if k in train},
             **_progress(run),
         }

@@ -354,6 +354,8 @@ def test_distill_each_method_runs_and_logs_its_losses(demo_cache, tmp_path, meth
     assert ("teacher_entropy" in records[0]) == (method in ("ibot", "dino"))
     run = json.loads((out / "run.json").read_text())
     assert run["method"] == method and run["teacher"] is None
+    info = run_cli("info", str(out), "--format", "json")
+    assert info.returncode == 0 and json.loads(info.stdout)["training"]["method"] == method
     assert run["local_crops"] == (6 if method == "dino" else 0)
     assert run["train"]["removal"] == ("attention" if method == "ibot" else "none")
     student = load_model(out)
