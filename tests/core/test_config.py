@@ -204,7 +204,10 @@ def test_presets_say_what_they_are_and_base_is_not_the_papers_batch():
     assert load_preset("base")[1].batch_size == 256 and load_preset("base")[0].decoder.width == 768
 
 
-def test_new_configs_fix_one_epoch_lengths_from_the_data_once():
+def test_new_configs_count_the_data_only_for_epochs():
+    """`--epochs` counts the data once and fixes the one-epoch lengths from that count; without
+    it nothing is counted here and those lengths stay None, for `prepare`, which reads the data
+    anyway (tests/core/training/test_train.py checks what it fixes them to)."""
     from detailclip_cli.core.training.settings import new_configs
 
     counted = []
@@ -215,8 +218,11 @@ def test_new_configs_fix_one_epoch_lengths_from_the_data_once():
 
     _, train = new_configs("tiny", None, {"batch_size": 50}, epochs=2, count_samples=count)
     assert (train.steps, train.teacher_temp_warmup_steps, train.warmup_steps) == (40, 20, 30) and counted == [1]
-    _, paper = new_configs("paper", None, {"batch_size": 100}, epochs=None, count_samples=lambda: 1050)
-    assert (paper.warmup_steps, paper.teacher_temp_warmup_steps) == (10, 10)
+    _, paper = new_configs("paper", None, {"batch_size": 100}, epochs=None,
+                           count_samples=lambda: pytest.fail("nothing to count"))
+    assert (paper.warmup_steps, paper.teacher_temp_warmup_steps) == (None, None)
+    _, paper = new_configs("paper", None, {"batch_size": 100}, epochs=1, count_samples=lambda: 1050)
+    assert (paper.steps, paper.warmup_steps, paper.teacher_temp_warmup_steps) == (10, 10, 10)
     _, given = new_configs("tiny", None, {"teacher_temp_warmup_steps": 7}, epochs=None,
                            count_samples=lambda: pytest.fail("nothing to count"))
     assert given.teacher_temp_warmup_steps == 7

@@ -68,9 +68,8 @@ def new_configs(preset: str | None, config: Path | None, given: dict[str, Any], 
         given: overrides from :func:`overrides`.
         epochs: training length in passes over the data, turned into steps (exclusive with a
             ``steps`` override).
-        count_samples: how many training samples the data has (called at most once, for
-            ``epochs`` or a length of one epoch, see ``TrainConfig.with_epoch_length``), e.g.
-            ``lambda: epoch_samples(data)``.
+        count_samples: how many training samples the data has (called once, only for
+            ``epochs``), e.g. ``lambda: epoch_samples(data)``.
         preset_option: the option that names the preset, for messages.
         recipe: a recipe name (:data:`~detailclip_cli.core.recipes.RECIPES`), laid over the
             preset; None lays none (the preset's method as it is).
@@ -93,9 +92,10 @@ def new_configs(preset: str | None, config: Path | None, given: dict[str, Any], 
             raise ConfigError("give --steps or --epochs, not both")
         given = {**given, "steps": max(1, round(epochs * steps_per_epoch()))}
     train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), **given})
-    # Lengths left at None last one epoch of this data (the authors' warm-ups); fixed here, so
-    # run.json records steps and a resumed run keeps them.
-    if train_cfg.epoch_lengths_unset():
+    # Lengths left at None (one epoch of the data: the authors' warm-ups) are fixed where the
+    # data is read anyway, by ``trainset.prepare``, so it is not read twice; run.json records
+    # the steps it fixed, so a resumed run keeps them. The count made for ``epochs`` serves too.
+    if epochs is not None and train_cfg.epoch_lengths_unset():
         train_cfg = train_cfg.with_epoch_length(steps_per_epoch())
     return model_cfg, train_cfg
 
