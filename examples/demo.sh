@@ -8,18 +8,19 @@ BIN=${BIN:-.venv/bin}
 OUT=${1:-runs/demo}
 STEPS=${2:-300}
 
-"$BIN/detailclip" pretrain --preset tiny --steps "$STEPS" --seed 0 --out "$OUT"
+# --force: a rerun starts afresh (the previous run moves to $OUT.old-<date>-<time>).
+"$BIN/detailclip" pretrain --preset tiny --steps "$STEPS" --seed 0 --out "$OUT" --force
 
-# The first validation image of four classes (ink colours).
+# The first validation image of each class (the objects' pattern; their colours are random).
 mapfile -t IMAGES < <("$BIN/python" -c "
 from detailclip_cli.core.data import demo_root, is_image_file
 val = demo_root() / 'val'
-for c in ('red', 'green', 'blue', 'yellow'):
+for c in ('striped', 'dotted', 'checkered', 'plain'):
     print(sorted(p for p in (val / c).iterdir() if is_image_file(p))[0])
 ")
-LABELS="red,green,blue,yellow,white,black,orange,purple"
+LABELS="striped,dotted,checkered,plain"
 
-echo "== zero-shot on four validation images (the run you just trained)"
+echo "== zero-shot on one validation image per class (the run you just trained)"
 "$BIN/detailclip" zero-shot "${IMAGES[@]}" --labels "$LABELS" --templates demo --top-k 3 --model "$OUT"
 echo "== zero-shot accuracy on the whole validation split"
 "$BIN/detailclip" zero-shot --eval demo --model "$OUT" --out "$OUT/zero-shot"

@@ -1,6 +1,6 @@
 """Can a small image model learn the demo digits from their labels in a CPU budget?
 
-Supervised classification of the digit each demo image shows (the demo's classes are the ink
+Supervised classification of the digit each demo v5 image shows (v5's classes are the ink
 colours; the digit is in every record), to separate "the contrastive signal
 is too weak" from "the image model cannot learn these shapes this fast". Prints validation
 accuracy six times during training. Reproduces the README's table ("What the demo data teaches
@@ -69,10 +69,10 @@ def main() -> None:
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = demo_root()
+        root = demo_root(version="v5")
         if args.train_size != 2000:
             root = Path(tmp)
-            generate_demo(root, sizes={"train": args.train_size, "val": 500})
+            generate_demo(root, version="v5", sizes={"train": args.train_size, "val": 500})
         train, val = read_samples(root / "train"), read_samples(root / "val")
         # The demo's classes are the ink colours; the digit each image shows is in its record.
         digit = {}

@@ -109,7 +109,12 @@ def main() -> None:
     except click_exception as exc:
         print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("error: aborted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    if code == 130:
+        # Ctrl-C outside a run's graceful stop, or a second one during a run (console.GracefulStop,
+        # which says what is kept); Typer turns a KeyboardInterrupt into this exit code.
+        if is_main_rank():
+            print("error: interrupted (Ctrl-C)", file=sys.stderr)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -40,6 +40,7 @@ def attn_map(
     output: opts.OutputOpt = None,
     batch_size: opts.BatchSizeOpt = 32,
     device: opts.DeviceOpt = "auto",
+    no_verify: opts.NoVerifyOpt = False,
 ) -> None:
     """Show where the [CLS] token looks, and which patches token removal keeps.
 
@@ -65,7 +66,7 @@ def attn_map(
     from detailclip_cli.core.use.batching import to_pixels
     from detailclip_cli.core.use.probes import attention_maps, check_removal
 
-    net = load_model(model, pretrained, device, console)
+    net = load_model(model, pretrained, device, console, verify=not no_verify)
     layer, block_size = run_defaults(model, net, layer=layer, block_size=block_size)
     check_removal(net, keep_ratio, block_size)
     v = net.cfg.vision

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -77,6 +78,36 @@ def progress_bar(console, total: int, description: str) -> Iterator:
 # -- training runs ----------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def stage_progress(console) -> Iterator:
+    """``(description, total) -> advance``: one Rich bar per stage on stderr, with images/s and ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    speed = TextColumn("{task.fields[rate]}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), speed,
+                  TimeRemainingColumn(), console=console, disable=not console.is_terminal) as progress:
+        def start(description: str, total: int):
+            if total < PROGRESS_MIN_IMAGES:
+                return None
+            task = progress.add_task(description, total=total, rate="")
+            t0 = time.perf_counter()
+
+            def advance(n: int) -> None:
+                progress.advance(task, n)
+                done = progress.tasks[task].completed
+                progress.update(task, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.0f} img/s")
+
+            return advance
+
+        yield start
+
+
 def removal_summary(train_cfg) -> str:
     """``removal=attention keep=0.5 block=2`` (or ``removal=none``) for a run's header line."""
     c = train_cfg
@@ -110,6 +141,9 @@ def drive(steps: Iterable, *, console, total: int, out_dir: Path, show: tuple[st
         CollapseWarning,  # torch: only once a run is driven
     )
 
+    moved = getattr(steps, "moved_aside", None)
+    if moved is not None:
+        say(console, f"--force: the files that were in {out_dir} are now in {moved}")
     report = getattr(steps, "data_report", None)
     if report is not None and report.summary():
         console.print(f"data: {report.samples} samples; {report.summary()} (counts in run.json)",
@@ -130,6 +164,10 @@ def drive(steps: Iterable, *, console, total: int, out_dir: Path, show: tuple[st
             for info in steps:
                 progress.show(info)
                 last = info
+    start = getattr(steps, "start_step", 0)
+    if last is None and start >= total:
+        say(console, f"nothing to train: the run in {out_dir} is already at step {start} of {total}; "
+                     f"give --steps N (more than {start}) with --resume to train it further")
     if last is not None:
         # imported on use, not at the top: --help must not load torch (start-up time)
         from detailclip_cli.core.store.run import RunFolder
@@ -154,6 +192,10 @@ class GracefulStop:
         import signal
 
         if getattr(self, "asked", False):
+            # A KeyboardInterrupt, which no handler in the loop swallows; the entry point ends with
+            # exit code 130 and its error line.
+            say(self.console, f"{signal.Signals(signum).name} again: stopping at once, without this step's "
+                              "checkpoint; the last complete checkpoint is kept (continue with --resume)")
             raise KeyboardInterrupt
         self.asked = True
         name = signal.Signals(signum).name

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from detailclip_cli.cli import options as opts
-from detailclip_cli.cli.console import drive, err_console, removal_summary
+from detailclip_cli.cli.console import drive, err_console, removal_summary, say
 from detailclip_cli.cli.output import default_run_dir
 from detailclip_cli.core.choices import DistillMethod, one_of
 from detailclip_cli.core.config import ConfigError
@@ -90,6 +90,7 @@ def distill(
     no_compile: opts.NoCompileOpt = False,
     # -- output
     out: opts.OutOpt = None,
+    force: opts.ForceOpt = False,
     resume: opts.ResumeOpt = None,
     log_every: opts.LogEveryOpt = None,
     save_every: opts.SaveEveryOpt = None,
@@ -121,6 +122,7 @@ def distill(
     # The core loads only when a command runs, so --help stays fast.
     from detailclip_cli.core.training.distill import method_configs
     from detailclip_cli.core.training.settings import (
+        check_run,
         epoch_samples,
         new_configs,
         overrides,
@@ -142,7 +144,7 @@ def distill(
     if resume is not None:
         fixed = (teacher, pretrained, method, student, config, local_crops, local_size, epochs)
         model_cfg, train_cfg, settings = resume_configs(
-            resume, given, other_options=no_reconstruct or reconstruct or any(x is not None for x in fixed))
+            resume, given, other_options=no_reconstruct or reconstruct or force or any(x is not None for x in fixed))
         if settings.get("command") != "distill":
             raise ConfigError(f"{resume} is not a distill run (resume it with detailclip {settings.get('command', 'pretrain')})")
         data, out_dir = settings["data"], resume
@@ -162,14 +164,17 @@ def distill(
         out_dir = out or default_run_dir("distill")
         settings = {"student": student or ("tiny" if config is None else None)}
 
+    # Every setting checked in one place, before any work (a resumed run's too: --steps may change).
+    for warning in check_run(model_cfg, train_cfg, given):
+        say(err_console(), f"warning: {warning}", style="yellow")
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
         teacher=teacher, pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
-        settings=settings)
+        settings=settings, force=force)
 
 
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, teacher: str | None,
         pretrained: str | None, method: str | None, local_crops: int | None, local_size: int | None,
-        settings: dict) -> None:
+        settings: dict, force: bool = False) -> None:
     """Set the distillation up in the core, say what it does, and draw its progress on stderr."""
     # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.training.distill import default_local_crops
@@ -180,7 +185,7 @@ def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool,
         local_crops = 0 if teacher is not None else default_local_crops(method)
     steps = core_distill(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, teacher=teacher,
                          pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
-                         resume=resume, settings=settings)
+                         resume=resume, settings=settings, force=force)
     counts = steps.objective.image_param_counts()
     c = train_cfg
     if teacher is None:

@@ -173,13 +173,14 @@ class ImageFeed:
                 advance(len(batch.paths) + len(batch.errors))
 
 
-def load_model(spec: str | None, pretrained: str | None, device: str, console):
-    """Resolve the model and say on stderr which one it is."""
+def load_model(spec: str | None, pretrained: str | None, device: str, console, *, verify: bool = True):
+    """Resolve the model and say on stderr which one it is; ``verify`` checks its weights' SHA-256
+    (``--no-verify`` turns it off)."""
     # torch and the core load only when a command runs, so --help stays fast
     from detailclip_cli.core.device import resolve_device
     from detailclip_cli.core.store.lookup import resolve_model
 
-    model = resolve_model(spec, pretrained=pretrained, device=resolve_device(device))
+    model = resolve_model(spec, pretrained=pretrained, device=resolve_device(device), verify=verify)
     v = model.cfg.vision
     name = model_name(spec)
     extra = f" ({pretrained})" if pretrained else ""

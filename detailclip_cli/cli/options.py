@@ -117,6 +117,10 @@ GradCkptOpt = Annotated[Optional[bool], typer.Option(
     help="Recompute the towers' block activations in the backward: less memory, about a third more "
     "compute. --no-grad-checkpointing: off.")]
 NoGradCkptOpt = Annotated[bool, typer.Option("--no-grad-checkpointing", hidden=True)]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", metavar="", rich_help_panel=OUTPUT,
+    help="Start a new run in an --out folder that already holds files: they are first moved, untouched, to "
+    "a new sibling folder <out>.old-<date>-<time>.")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
     "--resume", metavar="DIR", rich_help_panel=OUTPUT,
     help="Continue the run in this folder from its last checkpoint (--steps may extend it).")]
@@ -147,6 +151,13 @@ PretrainedOpt = Annotated[Optional[str], typer.Option(
     help="With --model open_clip:NAME: an open_clip pretrained tag or a local weights file.")]
 ModelArg = Annotated[Optional[str], typer.Argument(
     help="A run folder, a model folder, or open_clip:NAME (default: the shipped model).", show_default=False)]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", rich_help_panel=DATA,
+    help="Stop at the first unreadable image (exit 1) instead of skipping and counting it.")]
+NoVerifyOpt = Annotated[bool, typer.Option(
+    "--no-verify", metavar="", rich_help_panel=MODEL,
+    help="Load the weights even if they no longer match the SHA-256 their config.json records (NaN or Inf "
+    "weights are refused all the same).")]
 BatchSizeOpt = Annotated[int, typer.Option(
     "--batch-size", metavar="N", min=1, rich_help_panel=SCALE, help="Images per forward pass.")]
 KeepRatioOpt = Annotated[float, typer.Option(

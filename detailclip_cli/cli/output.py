@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import re
 import sys
 import time
@@ -96,9 +97,21 @@ _SCALAR = r"(?:-?[0-9][0-9.eE+-]*|true|false|null)"
 _SCALAR_LIST = re.compile(r"\[\n\s*" + _SCALAR + r"(?:,\n\s*" + _SCALAR + r")*\n\s*\]")
 
 
+def finite_json(document: Any) -> Any:
+    """``document`` with every NaN or infinite float replaced by None (JSON's null): JSON has no
+    NaN, and a result must parse in any JSON reader."""
+    if isinstance(document, float):
+        return document if math.isfinite(document) else None
+    if isinstance(document, dict):
+        return {k: finite_json(v) for k, v in document.items()}
+    if isinstance(document, (list, tuple)):
+        return [finite_json(v) for v in document]
+    return document
+
+
 def write_json(document: Any, output: Path | None) -> None:
     """One indented JSON document; lists of numbers stay on one line, so grids read as grids."""
-    text = json.dumps(document, indent=2)
+    text = json.dumps(finite_json(document), indent=2, allow_nan=False)
     text = _SCALAR_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(0)[1:-1].split(",")) + "]", text)
     with open_output(output) as stream:
         stream.write(text + "\n")
@@ -108,7 +121,7 @@ def write_jsonl(records: Sequence[dict], output: Path | None) -> None:
     """One JSON object per line."""
     with open_output(output) as stream:
         for record in records:
-            stream.write(json.dumps(record) + "\n")
+            stream.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
 
 
 def write_csv(header: Sequence[str], rows: Sequence[Sequence], output: Path | None) -> None:

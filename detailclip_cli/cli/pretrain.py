@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from detailclip_cli.cli import options as opts
-from detailclip_cli.cli.console import drive, err_console, removal_summary
+from detailclip_cli.cli.console import drive, err_console, removal_summary, say
 from detailclip_cli.cli.output import default_run_dir
 from detailclip_cli.core.recipes import DEFAULT_RECIPE, LIST, RECIPES, all_recipes, load_recipe
 from detailclip_cli.errors import UsageError
@@ -71,6 +71,7 @@ def pretrain(
     no_compile: opts.NoCompileOpt = False,
     # -- output
     out: opts.OutOpt = None,
+    force: opts.ForceOpt = False,
     resume: opts.ResumeOpt = None,
     log_every: opts.LogEveryOpt = None,
     save_every: opts.SaveEveryOpt = None,
@@ -84,6 +85,8 @@ def pretrain(
     [bold]Examples[/bold]
 
       detailclip pretrain --preset tiny --steps 300 --out runs/demo
+
+      detailclip pretrain --preset tiny --steps 300 --out runs/demo --force   (the old run goes to runs/demo.old-...)
 
       detailclip pretrain --data ./imgs --recipe clip --out runs/clip
 
@@ -103,6 +106,7 @@ def pretrain(
         load_recipe(recipe)  # an unknown name fails now, before torch loads (a second or two)
     # The core loads only when a command runs, so --help stays fast.
     from detailclip_cli.core.training.settings import (
+        check_run,
         epoch_samples,
         new_configs,
         overrides,
@@ -121,8 +125,8 @@ def pretrain(
     )
     if resume is not None:
         model_cfg, train_cfg, settings = resume_configs(
-            resume, given, other_options=bool(preset or config or recipe or no_distill or no_reconstruct or epochs
-                                              or init or pretrained or lock_text))
+            resume, given, other_options=bool(preset is not None or config or recipe or no_distill or no_reconstruct
+                                              or epochs is not None or init or pretrained or lock_text or force))
         data, out_dir = settings["data"], resume
         lock_text, init_model = bool(settings.get("lock_text", False)), None  # the weights come from the checkpoint
         # The run's recipe stays: its switches are in the recorded configs, its name in run.json.
@@ -147,10 +151,14 @@ def pretrain(
         settings = {"preset": preset or ("tiny" if config is None else None), "recipe": recipe, "command": "pretrain",
                     "init": init, "init_pretrained": pretrained, "lock_text": lock_text}
 
+    # Every setting checked in one place, before any work (a resumed run's too: --steps may change).
+    console = err_console()
+    for warning in check_run(model_cfg, train_cfg, given, init=init, lock_text=lock_text and resume is None):
+        say(console, f"warning: {warning}", style="yellow")
     if dry_run:
         return report_dry_run(model_cfg, train_cfg, device)
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
-        settings=settings, init=init_model, lock_text=lock_text)
+        settings=settings, init=init_model, lock_text=lock_text, force=force)
 
 
 def print_recipes() -> None:
@@ -185,14 +193,14 @@ def report_dry_run(model_cfg, train_cfg, device: str) -> None:
 
 
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, settings: dict,
-        init=None, lock_text: bool = False) -> None:
+        init=None, lock_text: bool = False, force: bool = False) -> None:
     """Drive the core training loop and draw its progress on stderr."""
     # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.training.pretrain import train
 
     console = err_console()
     steps = train(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, resume=resume, settings=settings,
-                  init=init, lock_text=lock_text)
+                  init=init, lock_text=lock_text, force=force)
     mechanisms = [
         *([f"recipe={settings['recipe']}"] if settings.get("recipe") else []),
         removal_summary(train_cfg),

@@ -50,6 +50,7 @@ def reconstruct(
     output: opts.OutputOpt = None,
     batch_size: opts.BatchSizeOpt = 32,
     device: opts.DeviceOpt = "auto",
+    no_verify: opts.NoVerifyOpt = False,
 ) -> None:
     """Reconstruct removed patches with the model's pixel decoder.
 
@@ -68,6 +69,7 @@ def reconstruct(
 
     # imported on use, not at the top: --help must not load matplotlib (start-up time)
     # imported on use, not at the top: --help must not load torch (start-up time)
+    from detailclip_cli.core.config import check_seed
     from detailclip_cli.core.store.lookup import has_decoder, run_train_settings
     from detailclip_cli.core.use.probes import NoDecoderError, check_removal
     from detailclip_cli.core.use.probes import reconstruct as reconstruct_images
@@ -76,6 +78,7 @@ def reconstruct(
     if removal is not None and strategy is not None and removal != strategy:
         raise UsageError("give --removal or its old name --strategy, not both")
     removal = Removal(removal or strategy or Removal.attention)
+    seed = check_seed(0 if seed is None else seed)
     console = err_console()
     # Before reading any image: a model without a decoder fails fast, from its config alone.
     if not has_decoder(model):
@@ -86,13 +89,12 @@ def reconstruct(
         finish(failed)
         return
 
-    net = load_model(model, pretrained, device, console)
+    net = load_model(model, pretrained, device, console, verify=not no_verify)
     layer, block_size = run_defaults(model, net, layer=layer, block_size=block_size)
     check_removal(net, keep_ratio, block_size)
     settings = run_train_settings(model) or {}
     norm_pix = bool(settings.get("norm_pix_loss", True))
     caption = RECONSTRUCTION_CAPTION if norm_pix else "The decoder predicts pixels directly (no per-patch norm)."
-    seed = 0 if seed is None else seed
     generator = torch.Generator().manual_seed(seed)
 
     records, used = [], set()
@@ -127,7 +129,7 @@ def reconstruct(
     }
     if fmt == TableOrJson.json:
         write_json(document, output)
-    else:
+    elif records:  # every input failed: each is named on stderr, and an empty table says nothing more
         from rich.table import Table
 
         table = Table(title=f"reconstruction ({removal.value}, keep {keep_ratio:g}, block {block_size})",

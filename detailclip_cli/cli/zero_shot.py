@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from detailclip_cli.cli import options as opts
-from detailclip_cli.cli.console import err_console, progress_bar, say
+from detailclip_cli.cli.console import err_console, say, stage_progress
 from detailclip_cli.cli.inputs import ImageFeed, gather_images, load_model
 from detailclip_cli.cli.output import (
     ResultFormat,
@@ -18,8 +18,8 @@ from detailclip_cli.cli.output import (
     write_json,
     write_jsonl,
 )
-from detailclip_cli.errors import UsageError
 from detailclip_cli.core.store.shipped import model_name
+from detailclip_cli.errors import UsageError
 
 TABLE_TOP_K = 5  # ranked labels shown per image in a table or CSV unless --top-k says otherwise
 
@@ -37,8 +37,9 @@ def zero_shot(
         "or a file with one template per line containing {}.")] = None,
     eval_data: Annotated[Optional[str], typer.Option(
         "--eval", metavar="PATH", rich_help_panel=opts.DATA, show_default=False,
-        help="Evaluate on a labelled set instead: a folder of class sub-folders (its val/ split when present) "
-        "or 'demo'.")] = None,
+        help="Evaluate on a labelled set instead: 'demo', a folder of class sub-folders (its val/ split when "
+        "present), a clip_benchmark webdataset or an ImageNet folder of WordNet ids.")] = None,
+    strict: opts.StrictOpt = False,
     model: opts.ModelOpt = None,
     pretrained: opts.PretrainedOpt = None,
     top_k: Annotated[Optional[int], typer.Option(
@@ -53,6 +54,7 @@ def zero_shot(
         "--out", metavar="DIR", rich_help_panel=opts.OUTPUT, help="With --eval: the folder for the confusion-matrix PNG.")] = None,
     batch_size: opts.BatchSizeOpt = 32,
     device: opts.DeviceOpt = "auto",
+    no_verify: opts.NoVerifyOpt = False,
 ) -> None:
     """Zero-shot classification: rank text labels for each image.
 
@@ -78,7 +80,8 @@ def zero_shot(
         if fmt not in (ResultFormat.table, ResultFormat.json):
             raise UsageError("--eval writes --format table or json")
         run_eval(eval_data, model=model, pretrained=pretrained, templates=templates, fmt=fmt,
-                 output=output, out=out, batch_size=batch_size, device=device, console=console)
+                 output=output, out=out, batch_size=batch_size, device=device, console=console, strict=strict,
+                 verify=not no_verify)
         return
 
     # imported on use, not at the top: --help must not load torch (start-up time)
@@ -92,7 +95,7 @@ def zero_shot(
         finish(failed)
         return
 
-    net = load_model(model, pretrained, device, console)
+    net = load_model(model, pretrained, device, console, verify=not no_verify)
     classifier = build_classifier(net, label_list, template_list)
     k = min(top_k or (len(label_list) if fmt in (ResultFormat.json, ResultFormat.jsonl) else TABLE_TOP_K),
             len(label_list))
@@ -124,6 +127,8 @@ def read_labels(labels: str | None, labels_file: Path | None) -> list[str]:
             text = labels_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot read --labels-file {labels_file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--labels-file {labels_file} is not UTF-8 text (one label per line)") from None
         return parse_labels(text, source=str(labels_file), one_per_line=True)
     return parse_labels(labels)
 
@@ -151,19 +156,30 @@ def emit(records: list[dict], fmt: ResultFormat, output: Path | None) -> None:
         print_tables([table], output)
 
 
-def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch_size, device, console) -> None:
-    """``--eval``: zero-shot metrics on a labelled set and a confusion-matrix picture."""
+def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch_size, device, console,
+             strict: bool = False, verify: bool = True) -> None:
+    """``--eval``: zero-shot metrics on a labelled set and a confusion-matrix picture; unreadable
+    images are skipped, counted in the result and make the exit code 1 (``--strict``: stop)."""
     # imported on use, not at the top: --help must not load torch (start-up time)
-    from detailclip_cli.core.use.templates import resolve_templates
-    from detailclip_cli.core.use.zeroshot import eval_samples, evaluate_zero_shot
+    from detailclip_cli.core.data.benchmarks import open_eval_set
+    from detailclip_cli.core.use.batching import SkipLog
+    from detailclip_cli.core.use.templates import templates_for
+    from detailclip_cli.core.use.zeroshot import evaluate_zero_shot
 
-    samples, classes = eval_samples(data)
-    template_list = resolve_templates(templates, data=data)
-    net = load_model(model, pretrained, device, console)
-    say(console, f"zero-shot on {data}: {len(samples)} images, {len(classes)} classes, "
-        f"{len(template_list)} templates")
-    with progress_bar(console, len(samples), "evaluate") as advance:
-        report = evaluate_zero_shot(net, samples, classes, template_list, batch_size=batch_size, on_batch=advance)
+    eval_set = open_eval_set(data)
+    if not eval_set.has_labels:
+        raise UsageError(f"{data} has no class labels (expected one sub-folder per class, or a labelled layout)")
+    classes = eval_set.classes
+    template_list, _ = templates_for(templates, eval_set)
+    net = load_model(model, pretrained, device, console, verify=verify)
+    say(console, f"zero-shot on {data} ({eval_set.layout}, {eval_set.split}): {len(eval_set)} images, "
+        f"{len(classes)} classes, {len(template_list)} templates")
+    skipped = SkipLog()
+    with stage_progress(console) as progress:
+        report = evaluate_zero_shot(net, eval_set, template_list, batch_size=batch_size, skipped=skipped,
+                                    strict=strict, on_batch=progress("evaluate", len(eval_set)))
+    for message in skipped.examples:
+        say(console, f"skipped image: {message}")
 
     picture = None
     if out is not None:
@@ -181,10 +197,12 @@ def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch
     else:
         say(console, "(add --out DIR to save the confusion-matrix picture)", style="dim")
 
-    document = {"model": model_name(model), "data": data, **report.to_dict(),
+    document = {"model": model_name(model), "data": data, "layout": eval_set.layout, "split": eval_set.split,
+                **report.to_dict(), "skipped_images": skipped.count,
                 "confusion_png": str(picture) if picture else None}
     if fmt == ResultFormat.json:
         write_json(document, output)
+        finish(skipped.count)
         return
     from rich.table import Table
 
@@ -204,6 +222,7 @@ def run_eval(data: str, *, model, pretrained, templates, fmt, output, out, batch
         per_class.add_row(row["class"], str(row["support"]), str(row["correct"]), _pct(row["recall"]),
                           _pct(row["precision"]))
     print_tables([summary, per_class], output)
+    finish(skipped.count)
 
 
 def _pct(value: float | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -145,7 +146,31 @@ class ModelConfig:
         return _build(cls, kwargs, "model")
 
     def validate(self) -> None:
+        """Check every value's type and range, then how they fit together.
+
+        Raises:
+            ConfigError: naming the first value that cannot be used.
+        """
         v = self.vision
+        parts = [("model", self), ("vision", v), ("text", self.text),
+                 *([("decoder", self.decoder)] if self.decoder else []), *([("head", self.head)] if self.head else [])]
+        for where, part in parts:
+            check_types(part, where)
+            for f in dataclasses.fields(part):
+                value = getattr(part, f.name)
+                if f.type == "int" and value < 1:
+                    raise ConfigError(f"{where} {f.name} must be at least 1, got {value}")
+        for name, value in [("vision mlp_ratio", v.mlp_ratio), ("vision norm_eps", v.norm_eps),
+                            *([("decoder mlp_ratio", self.decoder.mlp_ratio)] if self.decoder else []),
+                            ("max_logit_scale", self.max_logit_scale)]:
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if len(v.mean) != 3 or len(v.std) != 3:
+            raise ConfigError(f"vision mean and std need 3 values each (R, G, B), got {list(v.mean)}, {list(v.std)}")
+        if min(v.std) <= 0:
+            raise ConfigError(f"vision std must be positive (images are divided by it), got {list(v.std)}")
+        if v.patch_size > v.image_size:
+            raise ConfigError(f"patch_size {v.patch_size} is larger than image_size {v.image_size}")
         if v.image_size % v.patch_size:
             raise ConfigError(
                 f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}"
@@ -251,6 +276,11 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 200
 
+    def __post_init__(self) -> None:
+        # A config file may give a layer index as a JSON number; it is kept as the string it names.
+        if isinstance(self.score_layer, int) and not isinstance(self.score_layer, bool):
+            self.score_layer = str(self.score_layer)
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
 
@@ -276,14 +306,23 @@ class TrainConfig:
         return dataclasses.replace(self, **{name: steps_per_epoch for name in self.epoch_lengths_unset()})
 
     def validate(self, model: ModelConfig | None = None) -> None:
+        """Check every value's type and range (and, given the ``model``, that they fit it).
+
+        Raises:
+            ConfigError: naming the first value that cannot be used and what is allowed.
+        """
+        check_types(self, "train")
+        check_seed(self.seed)
         if self.removal not in tuple(Removal):
             raise ConfigError(f"removal must be {one_of(Removal)}, not {self.removal!r}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ConfigError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if self.block_size < 1:
             raise ConfigError(f"block_size must be at least 1, got {self.block_size}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 2:
+            # The CLIP and NT-Xent losses compare the images of a batch; one image has nothing to compare.
+            raise ConfigError(f"batch_size must be at least 2 (the losses compare the images of a batch), "
+                              f"got {self.batch_size}")
         if self.accum_steps < 1:
             raise ConfigError(f"accum_steps must be at least 1, got {self.accum_steps}")
         if self.batch_size % self.accum_steps:
@@ -296,8 +335,22 @@ class TrainConfig:
             raise ConfigError(f"samples_per_epoch must be at least 0, got {self.samples_per_epoch}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        for name in ("lr", "ssl_temp", "student_temp", "teacher_temp_cls", "teacher_temp_patch",
+                     "teacher_temp_patch_warmup"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("w_clip", "w_rec", "w_patch", "w_cls", "weight_decay", "min_lr", "grad_clip", "workers",
+                     *(["warmup_start_lr"] if self.warmup_start_lr is not None else [])):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("momentum_base", "momentum_final", "center_momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two values in [0, 1), got {list(self.betas)}")
+        for name in ("log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.ssl_temp <= 0:
             raise ConfigError(f"ssl_temp must be positive, got {self.ssl_temp}")
         if min(self.ssl_mlp_dim, self.ssl_emb_dim) < 1:
@@ -313,12 +366,65 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be probabilities in [0, 1], got {values}")
         if not is_score_layer(self.score_layer):
             raise ConfigError(f"score_layer must be {', '.join(ScoreLayer)} or a layer index, not {self.score_layer!r}")
+        if model is not None and self.score_layer not in tuple(ScoreLayer):
+            depth = model.vision.depth
+            if not -depth <= int(self.score_layer) < depth:
+                raise ConfigError(f"score_layer {self.score_layer} is out of range: the image tower has {depth} "
+                                  f"blocks (0 to {depth - 1}, or -{depth} to -1 from the end; or mean, last)")
         if model is not None and self.removal != Removal.none:
             gh, gw = model.vision.grid_size
             if gh % self.block_size or gw % self.block_size:
                 raise ConfigError(
                     f"block_size {self.block_size} does not divide the {gh}x{gw} patch grid"
                 )
+
+
+# Seeds seed Python, NumPy and torch alike; NumPy takes [0, 2**32).
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` if it is an integer in ``[0, 2**32)``; a :class:`ConfigError` naming ``name`` otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+    return seed
+
+
+def check_types(obj: Any, where: str) -> None:
+    """Refuse a dataclass value of the wrong JSON type (a config file may hold anything), and a
+    float that is not finite (NaN or Inf), naming the field.
+
+    The field's annotation decides: ``int`` wants an integer (not a boolean), ``float`` any
+    finite number, ``bool`` a boolean, ``str`` a string, ``tuple[...]`` finite numbers,
+    ``X | None`` also None. Sub-configs (other dataclasses) are checked by their own call.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kind = f.type.replace(" | None", "")
+        if value is None and f.type.endswith("| None"):
+            continue
+        if kind in ("int", "float", "bool", "str") or kind.startswith("tuple["):
+            if not _fits(value, kind):
+                raise ConfigError(f"{where} {f.name} must be {_KIND_NAMES.get(kind, 'a list of finite numbers')}, "
+                                  f"got {value!r}")
+
+
+_KIND_NAMES = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return number(value)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    return isinstance(value, (tuple, list)) and all(number(x) for x in value)
 
 
 # The lengths whose None means one epoch of the run's data (TrainConfig.with_epoch_length).

@@ -51,7 +51,7 @@ def test_pretrain_end_to_end_and_resume(demo_cache, tmp_path, small_config):
     (["--keep-ratio", "1.5"], "keep_ratio must be in (0, 1]"),
     (["--block-size", "3"], "block_size 3 does not divide the 8x8 patch grid"),
     (["--removal", "sometimes"], "removal must be attention, random or none"),
-    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--batch-size", "0"], "batch_size must be at least 2"),
     (["--precision", "fp8"], "precision must be auto, fp32, bf16 or fp16, not 'fp8'"),
     (["--data", "/no/such/folder"], "/no/such/folder"),
     (["--preset", "huge"], "unknown preset 'huge'"),

@@ -3,7 +3,7 @@
 =========================================================  ==========  ===============================
 spec                                                       source      module
 =========================================================  ==========  ===============================
-``"demo"``: the built-in demo set                          map-style   :mod:`.formats.demo`
+``"demo"`` / ``"demo:v5"``: a built-in demo set           map-style   :mod:`.formats.demo`
 a brace pattern or a file ending in ``.tar``, or a folder  streaming   :mod:`.shards`
 of ``.tar`` shards (``detailclip shard``'s, img2dataset's)
 a ``.csv`` / ``.tsv`` file                                 map-style   :mod:`.formats.table`
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from detailclip_cli.core.data.dataset import TwoViewDataset
+from detailclip_cli.core.data.demo import demo_version
 from detailclip_cli.core.data.formats.demo import demo_classes, read_demo
 from detailclip_cli.core.data.formats.folder import read_folder, read_image_folder
 from detailclip_cli.core.data.formats.table import TABLE_SUFFIXES, read_table
@@ -165,7 +166,7 @@ def open_source(
         return ShardSource(spec, split=split, samples_per_epoch=samples_per_epoch)
     if images_only:
         path = Path(spec).expanduser()
-        if str(spec) != "demo" and path.is_dir():
+        if demo_version(spec) is None and path.is_dir():
             return read_image_folder(split_folder(path, split))
     return read_samples(spec, split=split)
 
@@ -182,7 +183,8 @@ def read_samples(
     """Read the samples of a data set read whole (the map-style formats of :func:`open_source`).
 
     Args:
-        spec: ``"demo"``, a folder, or a ``.csv`` / ``.tsv`` file (see the module docstring).
+        spec: ``"demo"`` (or ``"demo:v5"``), a folder, or a ``.csv`` / ``.tsv`` file (see the
+            module docstring).
         split: which split of the demo set, or of a folder with split sub-folders.
         image_column: CSV/TSV column holding image paths.
         caption_column: CSV/TSV column holding captions.
@@ -197,8 +199,9 @@ def read_samples(
     Raises:
         DataError: the spec is missing, empty or malformed, or no usable sample is left.
     """
-    if str(spec) == "demo":
-        return read_demo(split, class_template=class_template)
+    version = demo_version(spec)
+    if version is not None:
+        return read_demo(split, class_template=class_template, version=version)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"data path does not exist: {printable(path)}")
@@ -232,8 +235,9 @@ def class_names(
         The demo set's ``classes.json`` order; the sorted sub-folder names of a class-folder
         tree; otherwise the sorted distinct labels (empty when there are none).
     """
-    if str(spec) == "demo":
-        return demo_classes()
+    version = demo_version(spec)
+    if version is not None:
+        return demo_classes(version)
     samples = read_samples(
         spec, split=split, image_column=image_column, caption_column=caption_column, label_column=label_column
     )

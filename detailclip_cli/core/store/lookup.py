@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from detailclip_cli.core.config import ConfigError
 from detailclip_cli.core.store.io import CONFIG_FILE, MODEL_FILE, ModelLoadError, load_model, read_model_config
@@ -13,7 +14,8 @@ from detailclip_cli.core.store.run import RunFolder
 from detailclip_cli.core.store.shipped import SHIPPED_MODEL, shipped_model_dir
 from detailclip_cli.errors import UsageError
 
-def resolve_model(spec: str | None = None, *, pretrained: str | None = None, device: str | torch.device = "cpu"):
+def resolve_model(spec: str | None = None, *, pretrained: str | None = None, device: str | torch.device = "cpu",
+                  verify: bool = True):
     """Load the model a user named.
 
     Args:
@@ -21,6 +23,8 @@ def resolve_model(spec: str | None = None, *, pretrained: str | None = None, dev
             ``config.json``; a path to either file also works), or ``open_clip:NAME``.
         pretrained: for ``open_clip:NAME`` only, a pretrained tag or a local weights file.
         device: where the model lives.
+        verify: check our weights against the SHA-256 their ``config.json`` records (a model
+            saved without one has nothing to check); non-finite weights are refused either way.
 
     Returns:
         A :class:`DetailCLIP` in eval mode.
@@ -32,15 +36,20 @@ def resolve_model(spec: str | None = None, *, pretrained: str | None = None, dev
     if spec is not None and (name := open_clip_name(spec)) is not None:
         if not name:
             raise ModelLoadError("open_clip: needs an architecture name, e.g. open_clip:ViT-B-32")
-        return load_open_clip(name, pretrained, device=device)
+        try:
+            return load_open_clip(name, pretrained, device=device)
+        except SafetensorError as exc:  # a .safetensors --pretrained that is not one (e.g. a pickle)
+            detail = " ".join(str(exc).split())
+            raise ModelLoadError(f"cannot load open_clip model {name!r} with pretrained={pretrained!r}: "
+                                 f"not a readable safetensors file ({detail})") from None
     if pretrained is not None:
         raise UsageError("--pretrained only applies to open_clip:NAME models")
     if spec is None:
         folder = shipped_model_dir()
         if not (folder / MODEL_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
             raise ModelLoadError(f"no --model given and the shipped model {SHIPPED_MODEL} is missing from {folder}")
-        return load_model(folder, device=device)
-    return load_model(model_folder(spec), device=device)
+        return load_model(folder, device=device, verify=verify)
+    return load_model(model_folder(spec), device=device, verify=verify)
 
 
 def model_folder(spec: str | Path) -> Path:

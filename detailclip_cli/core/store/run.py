@@ -8,7 +8,13 @@ A run folder holds
   objective's teacher, centres and bridges, the optimiser, the step, the RNG states);
 - ``metrics.jsonl``: one JSON line per logged step;
 - ``run.json``: the settings the run was started with;
-- ``.checkpoint-new/`` while a checkpoint is being written (see :meth:`RunFolder.save_checkpoint`).
+- ``.checkpoint-new/`` while a checkpoint is being written (see :meth:`RunFolder.save_checkpoint`);
+- ``.lock``: the writer's lock (:meth:`RunFolder.claim`); it holds the writer's PID while held.
+
+One writer at a time: a writer (a new run, a resumed one) claims the folder's lock before it
+writes anything, and a new run refuses a folder that already holds files unless told to move
+them aside (``force``). Readers never lock: every file a checkpoint replaces is renamed into
+place whole, so a reader sees the previous checkpoint or the new one, never half of one.
 
 Everything else asks a :class:`RunFolder`; no other module builds a path into it.
 """
@@ -19,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +36,18 @@ from safetensors import safe_open
 from detailclip_cli.core.config import ConfigError, ModelConfig, TrainConfig
 from detailclip_cli.core.distributed import is_main_process
 from detailclip_cli.core.store.io import (
+    CONFIG_FILE,
     MODEL_FILE,
     atomic_write,
+    check_finite,
     load_tensors,
     read_model_config,
     save_model,
     save_tensors,
+    weights_checksum,
     write_json,
 )
+from detailclip_cli.core.store.lock import FileLock
 from detailclip_cli.errors import TrainingError, UsageError
 
 
@@ -91,6 +102,7 @@ class RunFolder:
     RUN_FILE = "run.json"
     STAGE_DIR = ".checkpoint-new"  # a checkpoint being written; see save_checkpoint
     STAGE_COMPLETE = "COMPLETE"
+    LOCK_FILE = ".lock"  # the writer's lock; see claim
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -124,6 +136,10 @@ class RunFolder:
     def stage_dir(self) -> Path:
         return self.path / self.STAGE_DIR
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / self.LOCK_FILE
+
     # -- what it is ---------------------------------------------------------------------------
 
     def is_run(self) -> bool:
@@ -134,13 +150,86 @@ class RunFolder:
         """Whether the folder records the settings of the run that made it (``run.json``)."""
         return self.settings_file.is_file()
 
+    def contents(self) -> list[Path]:
+        """What the folder holds besides its lock file (nothing when it does not exist)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir() if p.name != self.LOCK_FILE)
+
+    # -- one writer at a time -------------------------------------------------------------------
+
+    def claim(self, *, resume: bool, force: bool = False) -> FileLock:
+        """Take this folder for writing, before anything is written: its exclusive lock, then the
+        check that the folder may be written (a new run's folder is empty, unless ``force``).
+
+        The lock is ``fcntl.flock`` on ``.lock`` (:class:`~detailclip_cli.core.store.lock.FileLock`):
+        held until released or until this process ends, however it ends. Under torchrun only
+        rank 0 locks (the others never write).
+
+        Args:
+            resume: the writer continues the run here (its files are expected).
+            force: a new run may start in a folder that holds files; :meth:`create` moves them aside.
+
+        Returns:
+            The held lock; :meth:`FileLock.release` it when done writing.
+
+        Raises:
+            UsageError: the path is a file, or a new run's folder holds files and ``force`` is off.
+            LockedError: another writer holds the folder (its PID named).
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"{self.path} is a file, not a run folder")
+        if resume and not self.path.is_dir():
+            raise ConfigError(f"cannot resume: {self.path} does not exist")
+        lock = FileLock(self.lock_file, what=f"run folder {self.path}")
+        if is_main_process():
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot create the run folder {self.path} ({exc.strerror or exc})") from None
+            lock.acquire()
+        if not resume and not force and self.contents():
+            lock.release()
+            what = "a run" if self.has_settings() else "files"
+            raise UsageError(f"{self.path} already holds {what}; continue a run with --resume {self.path}, "
+                             f"write elsewhere with another --out, or give --force to move its files aside "
+                             f"(to {self.path.name}.old-<date>-<time>)")
+        return lock
+
     # -- settings -----------------------------------------------------------------------------
 
-    def create(self, settings: dict[str, Any]) -> None:
-        """Start a new run here: create the folder, drop an old run's metrics, record ``settings``."""
+    def create(self, settings: dict[str, Any]) -> Path | None:
+        """Start a new run here, the folder claimed (:meth:`claim`): move whatever it holds aside,
+        then record ``settings``.
+
+        The old files go, as they are, into a new sibling folder ``<name>.old-<date>-<time>``
+        (``-2``, ``-3`` ... added if that exists), so nothing of an earlier run is lost or mixed
+        into this one.
+
+        Returns:
+            The folder the old files went to, or None when there were none.
+
+        Raises:
+            TrainingError: the settings could not be written (e.g. a full disk).
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        self.metrics_file.unlink(missing_ok=True)
-        write_json(self.settings_file, settings)
+        aside = None
+        old = self.contents()
+        if old:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside, n = self.path.with_name(f"{self.path.name}.old-{stamp}"), 1
+            while aside.exists():
+                n += 1
+                aside = self.path.with_name(f"{self.path.name}.old-{stamp}-{n}")
+            aside.mkdir()
+            for entry in old:
+                os.replace(entry, aside / entry.name)
+        try:
+            write_json(self.settings_file, settings)
+        except OSError as exc:
+            raise TrainingError(f"could not write {self.settings_file} ({exc.strerror or exc}); nothing was "
+                                "trained") from None
+        return aside
 
     def recorded(self) -> dict[str, Any]:
         """``run.json`` as the run wrote it.
@@ -152,11 +241,25 @@ class RunFolder:
         return json.loads(self.settings_file.read_text())
 
     def settings(self) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
-        """The model config, training config and other settings the run was started with."""
+        """The model config, training config and other settings the run was started with.
+
+        Reads only (a reader never changes a folder a writer may hold): when a crash in the
+        first checkpoint's renames held ``config.json`` back, the complete staged copy is read.
+        """
         self._require_settings()
-        self.recover()  # a crash in the first checkpoint's renames may have held config.json back
         settings = self.recorded()
-        return read_model_config(self.path), TrainConfig.from_dict(settings["train"]), settings
+        folder = self.path
+        if not (folder / CONFIG_FILE).exists() and (self.stage_dir / self.STAGE_COMPLETE).exists():
+            folder = self.stage_dir
+        return read_model_config(folder), TrainConfig.from_dict(settings["train"]), settings
+
+    def kept(self) -> str:
+        """What a failed run leaves to resume from, for its message: ``the checkpoint of step N in
+        DIR is kept`` (or that none was saved yet)."""
+        step = self.checkpoint_step()
+        if step is None:
+            return f"no checkpoint was saved in {self.path} yet"
+        return f"the checkpoint of step {step} in {self.path} is kept"
 
     def _require_settings(self) -> None:
         if not self.has_settings():
@@ -164,8 +267,14 @@ class RunFolder:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def save_checkpoint(self, objective: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+    def save_checkpoint(self, objective: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                        scaler: torch.amp.GradScaler | None = None) -> None:
         """Write the student model and the training state for ``--resume``, all or nothing.
+
+        The training state holds the objective's state but the student's (teacher, centres,
+        bridges), the optimiser, the fp16 loss scaler's state (``scaler``, when enabled), the
+        step and the RNG states; ``train_state.json`` records the SHA-256 of the tensor file,
+        ``config.json`` that of the model (:func:`~detailclip_cli.core.store.io.save_model`).
 
         The files are first written (each fsynced) into ``.checkpoint-new/``, which is then
         marked complete, and only then renamed one by one over the previous checkpoint. A crash
@@ -185,7 +294,7 @@ class RunFolder:
                     tensors[f"optim.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
             tensors["rng.torch"] = torch.get_rng_state()
             meta = {"step": str(step)}
-            save_tensors(stage / self.STATE_FILE, tensors, meta)
+            digest = save_tensors(stage / self.STATE_FILE, tensors, meta)
             py_state = random.getstate()
             np_state = np.random.get_state()
             write_json(stage / self.STATE_JSON, {
@@ -193,6 +302,9 @@ class RunFolder:
                 "param_groups": opt_state["param_groups"],
                 "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
                 "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                # scale, growth tracker ...: numbers only, so JSON holds them exactly
+                "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+                "state_sha256": digest,
             })
             save_model(objective.model, stage, metadata=meta)
             write_json(stage / self.STAGE_COMPLETE, {"step": step})
@@ -200,11 +312,16 @@ class RunFolder:
         except OSError as exc:
             shutil.rmtree(stage, ignore_errors=True)
             raise TrainingError(f"could not save the checkpoint of step {step} in {self.path} "
-                                f"({exc.strerror or exc}); the previous checkpoint there is intact") from None
+                                f"({exc.strerror or exc}); {self._kept_before()}") from None
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
         self._roll_forward()
+
+    def _kept_before(self) -> str:
+        step = self.checkpoint_step()
+        return ("the previous checkpoint there is intact" + (f" (step {step})" if step is not None else "")
+                if step is not None else "no earlier checkpoint was saved")
 
     def recover(self) -> None:
         """Finish or discard a checkpoint that a crash interrupted (see :meth:`save_checkpoint`).
@@ -240,8 +357,18 @@ class RunFolder:
             return None
         return json.loads(self.state_json.read_text()).get("step")
 
-    def load_checkpoint(self, objective: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-        """Restore the last checkpoint into ``objective`` and ``optimizer``; returns the step to continue from."""
+    def load_checkpoint(self, objective: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler | None = None) -> int:
+        """Restore the last checkpoint into ``objective``, ``optimizer`` and the fp16 loss ``scaler``
+        (when the run had one); returns the step to continue from.
+
+        Both weight files are checked against their recorded SHA-256 (a checkpoint saved before
+        checksums has none) and for non-finite values.
+
+        Raises:
+            ConfigError: missing or mismatched checkpoint files.
+            ModelLoadError: a damaged weights file.
+        """
         self.recover()
         for path in (self.model_file, self.state_file, self.state_json):
             if not path.exists():
@@ -252,9 +379,10 @@ class RunFolder:
         if len({*steps.values(), str(meta["step"])}) != 1:
             raise ConfigError(f"cannot resume: the checkpoint files in {self.path} are from different steps "
                               f"({', '.join(f'{k}: {v}' for k, v in steps.items())}, {self.STATE_JSON}: {meta['step']})")
-        model_state = load_tensors(self.model_file)
+        model_state = load_tensors(self.model_file, sha256=weights_checksum(self.path))
+        check_finite(model_state, self.model_file)
         objective.model.load_state_dict(model_state)
-        tensors = load_tensors(self.state_file)
+        tensors = load_tensors(self.state_file, sha256=meta.get("state_sha256"))
         objective.load_state_dict(
             {**{f"model.{k}": v for k, v in objective.model.state_dict().items()},
              **{k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")}}
@@ -265,6 +393,8 @@ class RunFolder:
                 _, pid, name = key.split(".", 2)
                 opt_state["state"].setdefault(int(pid), {})[name] = value
         optimizer.load_state_dict(opt_state)
+        if scaler is not None and scaler.is_enabled() and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])  # else it starts afresh (a run that was not fp16)
         torch.set_rng_state(tensors["rng.torch"])
         py = meta["rng_python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
@@ -281,9 +411,35 @@ class RunFolder:
     # -- metrics ------------------------------------------------------------------------------
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        """Add one logged step's row to ``metrics.jsonl``."""
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        """Add one logged step's row to ``metrics.jsonl``, whole or not at all.
+
+        Raises:
+            TrainingError: the line could not be written (e.g. a full disk); the part written is
+                cut off again, so no torn line is left, and the message says what is kept.
+        """
+        line = (json.dumps(row) + "\n").encode()
+        try:
+            fd = os.open(self.metrics_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise self._log_error(row, exc) from None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, size)  # freeing space, never needing any
+                except OSError:
+                    pass
+                raise self._log_error(row, exc) from None
+        finally:
+            os.close(fd)
+
+    def _log_error(self, row: dict[str, Any], exc: OSError) -> TrainingError:
+        return TrainingError(f"could not log step {row.get('step')} to {self.metrics_file} "
+                             f"({exc.strerror or exc}); {self.kept()}")
 
     def truncate_metrics(self, step: int) -> None:
         """Drop metric lines logged after ``step`` (a resumed run logs them again), and a line torn
@@ -299,7 +455,11 @@ class RunFolder:
                 continue
             if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
                 kept.append(line)
-        atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))
+        try:
+            atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))
+        except OSError as exc:
+            raise TrainingError(f"could not rewrite {path} ({exc.strerror or exc}); it is unchanged, "
+                                f"{self.kept()}") from None
 
     def metrics(self) -> list[dict[str, Any]]:
         """The logged rows, in order (none when nothing was logged); a torn line is skipped."""

@@ -17,6 +17,7 @@ from detailclip_cli.core.method.distill import (
 )
 from detailclip_cli.core.method.selfsup import ByolObjective, DinoObjective, SimCLRObjective
 from detailclip_cli.core.model.detailclip import DetailCLIP
+from detailclip_cli.core.store.lock import FileLock, released_on_error
 from detailclip_cli.core.store.lookup import resolve_model
 from detailclip_cli.core.store.run import RunFolder
 from detailclip_cli.core.training.loop import TrainingRun, fit
@@ -100,7 +101,7 @@ def load_teacher(spec: str, *, pretrained: str | None = None, out_dir: Path | No
 def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
             device: str = "auto", teacher: str | None = None, pretrained: str | None = None,
             method: str | None = None, local_crops: int | None = None, local_size: int | None = None,
-            resume: bool = False, settings: dict[str, Any] | None = None) -> TrainingRun:
+            resume: bool = False, settings: dict[str, Any] | None = None, force: bool = False) -> TrainingRun:
     """Distil a student image tower: set the run up now, and return an iterator of its steps.
 
     Without ``teacher``: the image-only objective ``method`` (:data:`OBJECTIVES`; ``ibot``,
@@ -124,11 +125,26 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
         local_size: their side in pixels (default: 3/7 of the global side, whole patches).
         resume: continue the run in ``out_dir`` (the teacher is restored from its state).
         settings: extra settings to record in ``run.json``.
+        force: start in an ``out_dir`` that holds files, moving them aside (``RunFolder.create``).
 
     Raises:
         ConfigError, DataError, ModelLoadError: at the call, for unusable settings, data or teacher.
+        LockedError: at the call, another process is writing ``out_dir``.
+        UsageError: at the call, ``out_dir`` holds files and neither ``resume`` nor ``force`` is given.
         TrainingError: while iterating, a loss became non-finite.
     """
+    # The folder first, before any work: a second writer stops here, having written nothing.
+    lock = RunFolder(out_dir).claim(resume=resume, force=force)
+    with released_on_error(lock):
+        return _distill(student_cfg, cfg, data=data, out_dir=out_dir, device=device, teacher=teacher,
+                        pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
+                        resume=resume, settings=settings, lock=lock)
+
+
+def _distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path, out_dir: Path, device: str,
+             teacher: str | None, pretrained: str | None, method: str | None, local_crops: int | None,
+             local_size: int | None, resume: bool, settings: dict[str, Any] | None, lock: FileLock) -> TrainingRun:
+    """:func:`distill` once its run folder is claimed."""
     v = student_cfg.vision
     if teacher is not None and method is not None:
         raise ConfigError("--method chooses the objective of a run without a teacher; with --teacher the "
@@ -171,4 +187,4 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
     if teacher_model is not None:
         record["teacher_model"] = teacher_model.cfg.to_dict()
     return fit(objective, dataset, cfg=cfg, data=data, out_dir=out_dir, device=dev, resume=resume,
-               settings=record)
+               settings=record, lock=lock)

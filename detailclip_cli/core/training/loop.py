@@ -35,6 +35,7 @@ from detailclip_cli.core.distributed import (
 )
 from detailclip_cli.core.method.losses import deferred_center_updates
 from detailclip_cli.core.model.vit import Block
+from detailclip_cli.core.store.lock import FileLock
 from detailclip_cli.core.store.run import RunFolder
 from detailclip_cli.core.training.optim import build_optimizer, lr_at
 from detailclip_cli.errors import Interrupted, TrainingError
@@ -127,16 +128,32 @@ def check_batch_fits(num_samples: int, cfg: TrainConfig) -> None:
 
 
 class TrainingRun:
-    """A set-up run: iterate it for its :class:`StepInfo` records; ``objective`` is what it trains."""
+    """A set-up run: iterate it for its :class:`StepInfo` records; ``objective`` is what it trains.
+
+    It holds the run folder's lock (:meth:`RunFolder.claim`) until its steps end, fail, or it
+    is closed or dropped; the process's end releases it in any case.
+    """
 
     def __init__(self, steps: Iterator[StepInfo], objective: Objective, start_step: int, stop: dict,
-                 data_report=None):
+                 data_report=None, *, lock: FileLock | None = None, moved_aside: Path | None = None):
         self._steps = steps
         self.objective = objective
         self.start_step = start_step
         self._stop = stop
         # What reading the data skipped or repaired (a ReadReport), or None when not known.
         self.data_report = data_report
+        self._lock = lock
+        # Where an earlier run's files in the folder went (``force``), or None.
+        self.moved_aside = moved_aside
+
+    def close(self) -> None:
+        """Stop writing: release the run folder's lock (the steps cannot go on after this)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        close = getattr(self._steps, "close", None)
+        if close is not None:
+            close()
 
     def request_stop(self) -> None:
         """Finish the current step, save a checkpoint, then raise :class:`Interrupted`.
@@ -149,12 +166,21 @@ class TrainingRun:
         return self
 
     def __next__(self) -> StepInfo:
-        return next(self._steps)
+        try:
+            return next(self._steps)
+        except BaseException:  # the end, a failure, an interrupt: the folder is free again
+            self.close()
+            raise
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
 
 
 def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, out_dir: Path,
         device: torch.device, resume: bool = False, settings: dict[str, Any] | None = None,
-        metrics: Callable[[int], dict[str, float]] | None = None) -> TrainingRun:
+        metrics: Callable[[int], dict[str, float]] | None = None, force: bool = False,
+        lock: FileLock | None = None) -> TrainingRun:
     """Set up the optimiser and the run folder (or resume it) for any objective, and return its steps.
 
     Args:
@@ -168,25 +194,49 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
         settings: extra settings to record in ``run.json``.
         metrics: figures to add to each logged step, ``metrics(step) -> {name: value}``;
             defaults to the objective's ``extra_metrics`` when it has one.
+        force: a new run may start in a folder holding files; they are moved aside
+            (:meth:`RunFolder.create`).
+        lock: the folder's lock, when the caller claimed it already (:meth:`RunFolder.claim`);
+            else it is claimed here. The returned run holds it.
+
+    Raises:
+        LockedError: another process is writing the folder.
+        UsageError: a new run's folder holds files and ``force`` is off.
     """
     run = RunFolder(out_dir)
+    lock = lock if lock is not None else run.claim(resume=resume, force=force)
+    try:
+        return _fit(objective, dataset, run, lock, cfg=cfg, data=data, device=device, resume=resume,
+                    settings=settings, metrics=metrics)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _fit(objective: Objective, dataset, run: RunFolder, lock: FileLock, *, cfg: TrainConfig, data: str | Path,
+         device: torch.device, resume: bool, settings: dict[str, Any] | None,
+         metrics: Callable[[int], dict[str, float]] | None) -> TrainingRun:
+    """:func:`fit` once the folder is claimed."""
     world, main = world_size(), is_main_process()
     if cfg.batch_size % (world * cfg.accum_steps):
         raise ConfigError(f"the batch size {cfg.batch_size} (global, of all processes) does not split evenly "
                           f"into {world} processes x {cfg.accum_steps} micro-batches")
     optimizer = build_optimizer(objective, cfg)
+    # The fp16 loss scaler (the identity otherwise) is part of the checkpoint, so a resumed fp16
+    # run goes on with the scale it had reached, as an uninterrupted one would.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg.precision, device) is torch.float16)
     report = dataset.data_report() if isinstance(dataset, ReportingDataset) else None
-    start = 0
+    start, aside = 0, None
     if resume:
         # Every process reads the checkpoint (the run folder must be visible to all); only rank 0 writes.
         if main:
             run.recover()
         barrier()
-        start = run.load_checkpoint(objective, optimizer)
+        start = run.load_checkpoint(objective, optimizer, scaler)
         if main:
             run.truncate_metrics(start)
     elif main:
-        run.create({
+        aside = run.create({
             "data": str(data), "device": str(device), "processes": world, "detailclip_version": __version__,
             "torch_version": torch.__version__, **(settings or {}),
             "model": objective.model.cfg.to_dict(), "train": cfg.to_dict(),
@@ -200,8 +250,8 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
     # Setup errors (data, config, resume) surface here, at the call; the steps run on iteration.
     stop = {"requested": False}
     steps = _loop(objective, optimizer, batches, cfg=cfg, start=start, device=device, run=run,
-                  metrics=metrics, stop=stop)
-    return TrainingRun(steps, objective, start, stop, data_report=report)
+                  metrics=metrics, stop=stop, scaler=scaler)
+    return TrainingRun(steps, objective, start, stop, data_report=report, lock=lock, moved_aside=aside)
 
 
 def compile_blocks(module: torch.nn.Module) -> int:
@@ -258,12 +308,12 @@ def _fill_bank(objective: Objective, micro_batches: list[dict], shards: list[Bat
 
 
 def _save_from_main(run: RunFolder, objective: Objective, optimizer: torch.optim.Optimizer, step: int,
-                    device: torch.device) -> None:
+                    device: torch.device, scaler: torch.amp.GradScaler | None = None) -> None:
     """:meth:`RunFolder.save_checkpoint` on rank 0; when it fails, every process stops (they all learn it)."""
     error = None
     if is_main_process():
         try:
-            run.save_checkpoint(objective, optimizer, step)
+            run.save_checkpoint(objective, optimizer, step, scaler)
         except TrainingError as exc:
             error = exc
     if any_across(error is not None, device):
@@ -273,7 +323,7 @@ def _save_from_main(run: RunFolder, objective: Objective, optimizer: torch.optim
 def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
           cfg: TrainConfig, start: int, device: torch.device, run: RunFolder,
           metrics: Callable[[int], dict[str, float]] | None = None,
-          stop: dict | None = None) -> Iterator[StepInfo]:
+          stop: dict | None = None, scaler: torch.amp.GradScaler | None = None) -> Iterator[StepInfo]:
     """The steps themselves: forward and backward of each micro-batch, finiteness check, gradient
     average over the processes, optimiser, EMA, checkpoint, log (the last two on rank 0).
 
@@ -284,7 +334,8 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
     dev = device
     params = [p for group in optimizer.param_groups for p in group["params"]]
     amp_dtype = autocast_dtype(cfg.precision, dev)
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
+    if scaler is None:
+        scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
 
     def autocast():
         return torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
@@ -295,13 +346,14 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
     t_start = time.perf_counter()
     t_log, n_since_log = t_start, 0
     seen, bad_count = 0, 0  # samples drawn / unreadable ones skipped, over all processes
+    skipped = 0  # steps left with fewer than two readable images
     for step in range(start, cfg.steps):
         batch = next(batches)
         unreadable = batch.pop("bad")
         tally = _tally(len(batch["view1"]) if "view1" in batch else 0, len(unreadable), stop["requested"], dev)
         if tally.stop:
             if step > start:
-                _save_from_main(run, objective, optimizer, step, dev)
+                _save_from_main(run, objective, optimizer, step, dev, scaler)
             raise Interrupted(f"stopped at step {step}; the checkpoint is saved, continue with "
                               f"`detailclip pretrain --resume {run.path}` (or `distill --resume`)")
         bad_count += tally.bad
@@ -317,7 +369,12 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
         # alike): after unreadable samples, each process keeps as many as the one with fewest.
         size = tally.min_good // accum
         if size == 0 or size * accum * world < 2:
-            continue  # nothing (or one image: no contrastive pair) left to learn from this step
+            # Nothing (or one image: no contrastive pair) left to learn from in this step; a
+            # checkpoint due now is still written, so the last step always saves.
+            skipped += 1
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                _save_from_main(run, objective, optimizer, step + 1, dev, scaler)
+            continue
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -345,10 +402,8 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
         bad = [k for k, val in losses.items() if k != "loss" and not torch.isfinite(val)]
         if bad or not torch.isfinite(losses["loss"]):
             term = bad[0] if bad else "loss"
-            raise TrainingError(
-                f"the {term} loss became {losses[term].item()} at step {step + 1}; "
-                f"stopped, the last good checkpoint in {run.path} is kept"
-            )
+            name = "the total loss" if term == "loss" else f"the {term} loss"
+            raise TrainingError(f"{name} became {losses[term].item()} at step {step + 1}; stopped, {run.kept()}")
         average_gradients(params)
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
@@ -367,7 +422,8 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
                 step=done, total_steps=cfg.steps, losses={k: val.item() for k, val in losses.items()},
                 lr=lr, momentum=momentum, images_per_sec=n_since_log / max(now - t_log, 1e-9),
                 elapsed_s=now - t_start, saved=saved,
-                extra={**(metrics(step) if metrics else {}), "bad_samples": bad_count},
+                extra={**(metrics(step) if metrics else {}), "bad_samples": bad_count,
+                       **({"skipped_steps": skipped} if skipped else {})},
             )
             t_log, n_since_log = now, 0
             # Logged before the checkpoint: a crash in between leaves a line past the checkpoint,
@@ -375,7 +431,7 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
             if main:
                 run.append_metrics(metrics_row(info))
         if saved:
-            _save_from_main(run, objective, optimizer, done, dev)
+            _save_from_main(run, objective, optimizer, done, dev, scaler)
         if info is not None:
             yield info
 

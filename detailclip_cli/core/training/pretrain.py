@@ -10,13 +10,15 @@ from detailclip_cli.core.data import TwoViewDataset
 from detailclip_cli.core.method.objective import DetailCLIPObjective
 from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.store.init_weights import copy_clip_weights_, lock_text_
+from detailclip_cli.core.store.lock import FileLock, released_on_error
+from detailclip_cli.core.store.run import RunFolder
 from detailclip_cli.core.training.loop import TrainingRun, fit
 from detailclip_cli.core.training.trainset import prepare
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
           device: str = "auto", resume: bool = False, settings: dict[str, Any] | None = None,
-          init: DetailCLIP | None = None, lock_text: bool = False) -> TrainingRun:
+          init: DetailCLIP | None = None, lock_text: bool = False, force: bool = False) -> TrainingRun:
     """Pretrain DetailCLIP: set the run up now, and return an iterator of its steps.
 
     The returned iterator yields a :class:`StepInfo` every ``cfg.log_every`` steps. Bad data,
@@ -33,11 +35,25 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
         init: a model whose towers, image projection and logit scale the student (and so the
             teacher) starts from; ``model_cfg`` must have its towers (``init_model_config``).
         lock_text: freeze the text tower (kept out of the optimiser, so it never changes).
+        force: start in an ``out_dir`` that holds files, moving them aside (``RunFolder.create``).
 
     Raises:
         ConfigError, DataError: at the call, for unusable settings or data.
+        LockedError: at the call, another process is writing ``out_dir``.
+        UsageError: at the call, ``out_dir`` holds files and neither ``resume`` nor ``force`` is given.
         TrainingError: while iterating, a loss became non-finite (the last good checkpoint is kept).
     """
+    # The folder first, before any work: a second writer stops here, having written nothing.
+    lock = RunFolder(out_dir).claim(resume=resume, force=force)
+    with released_on_error(lock):
+        return _train(model_cfg, cfg, data=data, out_dir=out_dir, device=device, resume=resume,
+                      settings=settings, init=init, lock_text=lock_text, lock=lock)
+
+
+def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path, out_dir: Path, device: str,
+           resume: bool, settings: dict[str, Any] | None, init: DetailCLIP | None, lock_text: bool,
+           lock: FileLock) -> TrainingRun:
+    """:func:`train` once its run folder is claimed."""
     dev, train_data, cfg = prepare(model_cfg, cfg, device=device, data=data)
     model = DetailCLIP(model_cfg)
     if init is not None:
@@ -51,4 +67,4 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
         return {"logit_scale": model.scale().item(), "teacher_temp_patch": objective.teacher_temp_patch(step)}
 
     return fit(objective, dataset, cfg=cfg, data=data, out_dir=out_dir, device=dev, resume=resume,
-               settings=settings, metrics=metrics)
+               settings=settings, metrics=metrics, lock=lock)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from detailclip_cli.core.choices import Removal
 from detailclip_cli.core.config import (
     ConfigError,
     ModelConfig,
@@ -27,6 +29,7 @@ from detailclip_cli.core.config import (
     load_config_file,
 )
 from detailclip_cli.core.data import open_source
+from detailclip_cli.core.model.removal import num_kept
 from detailclip_cli.core.recipes import load_recipe
 from detailclip_cli.core.store.run import RunFolder
 
@@ -79,11 +82,14 @@ def new_configs(preset: str | None, config: Path | None, given: dict[str, Any], 
     """
     overlay = load_recipe(recipe).overlay() if recipe is not None else None
     if config is not None:
-        if preset:
+        if preset is not None:
             raise ConfigError(f"give either {preset_option} or --config (a config file may name its preset)")
         model_cfg, train_cfg = load_config_file(config, recipe=overlay)
     else:
-        model_cfg, train_cfg = configs_from_dict({"preset": preset or "tiny"}, recipe=overlay)
+        # An empty name is a mistake, not the default: load_preset refuses it, naming the presets.
+        model_cfg, train_cfg = configs_from_dict({"preset": "tiny" if preset is None else preset}, recipe=overlay)
+    if epochs is not None and not (math.isfinite(epochs) and epochs > 0):
+        raise ConfigError(f"epochs must be a positive number, got {epochs}")
     batch_size = given.get("batch_size", train_cfg.batch_size)
     # The data is counted once, if needed; a batch below 1 is refused by validation, with its message.
     steps_per_epoch = functools.cache(lambda: count_samples() // max(1, batch_size))
@@ -119,3 +125,46 @@ def resume_configs(resume: Path, given: dict[str, Any], *,
                           "--accum-steps and --grad-checkpointing may be given with it")
     model_cfg, train_cfg, settings = RunFolder(resume).settings()
     return model_cfg, TrainConfig.from_dict({**train_cfg.to_dict(), **given}), settings
+
+
+def check_run(model_cfg: ModelConfig, train_cfg: TrainConfig, given: dict[str, Any] | None = None, *,
+              init: str | None = None, lock_text: bool = False) -> list[str]:
+    """Every check of a run's settings, in one place, before any work: each value's type and
+    range, the training settings against the model, and the combinations that cannot mean
+    what was asked.
+
+    Args:
+        model_cfg: the model to train (after switches such as ``--no-distill``).
+        train_cfg: the training settings.
+        given: the overrides the caller set (:func:`overrides`); a loss weight among them for a
+            part the model lacks is warned about (the weight would do nothing).
+        init: the ``--init`` model, if any.
+        lock_text: freeze the text tower (needs ``init``: a random text tower, frozen, never learns).
+
+    Returns:
+        Warnings for people, one line each (empty when all is well).
+
+    Raises:
+        ConfigError: the first setting that cannot be used.
+    """
+    model_cfg.validate()
+    train_cfg.validate(model_cfg)
+    if lock_text and init is None:
+        raise ConfigError("--lock-text freezes the text tower --init gave; without --init it would stay random "
+                          "(give --init MODEL, or leave --lock-text out)")
+    given = given or {}
+    warnings = []
+    unused = {"w_patch": model_cfg.head, "w_cls": model_cfg.head, "w_rec": model_cfg.decoder}
+    for name, part in unused.items():
+        if part is None and given.get(name):
+            what = "distillation head" if name != "w_rec" else "pixel decoder"
+            warnings.append(f"--{name.replace('_', '-')} {given[name]} does nothing: this run has no {what}")
+    if train_cfg.removal != Removal.none:
+        cells = model_cfg.vision.num_patches
+        if num_kept(cells, train_cfg.keep_ratio, train_cfg.block_size) >= cells:
+            gh, gw = model_cfg.vision.grid_size
+            warnings.append(
+                f"removal {train_cfg.removal} at keep ratio {train_cfg.keep_ratio:g} with block size "
+                f"{train_cfg.block_size} removes nothing on the {gh}x{gw} patch grid (a smaller keep ratio or "
+                "block size removes some; --removal none says so)")
+    return warnings

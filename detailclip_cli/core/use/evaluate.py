@@ -1,245 +1,169 @@
-"""What a model is good for: retrieval, dense (segmentation) linear probe, [CLS] k-NN.
+"""``evaluate``: a model scored on a data set in the layout it is distributed in, by the
+protocols people publish, each task's settings recorded beside its metrics.
 
-The metrics themselves live in :mod:`detailclip_cli.core.use.metrics`; this module extracts
-frozen features with the model, fits the probes and applies them. Zero-shot classification
-lives in :mod:`detailclip_cli.core.use.zeroshot`.
+================  ======================================  ==========================================
+task              needs                                   protocol (its module)
+================  ======================================  ==========================================
+``zeroshot``      class labels                            templates averaged on normalised text
+                                                          embeddings; top-1, top-5, mean per-class
+                                                          recall (clip_benchmark) (:mod:`.zeroshot`)
+``retrieval``     captions (any number per image)         R@1/5/10 image -> text and text -> image
+                                                          (:func:`.metrics.retrieval_metrics`)
+``dense``         label maps, and a train split           BN + linear head on frozen patch tokens,
+                                                          mIoU / pixel accuracy (:mod:`.dense`)
+``probe``         class labels, and a train split         [CLS] k-NN (k = 20, T = 0.07) and a
+                                                          logistic regression (:mod:`.cls_probes`)
+================  ======================================  ==========================================
 
-Shape letters: N images, E embedding width, L patch tokens, D width, C classes."""
+Which layout a path is in, and how each is read, is the data layer's
+(:mod:`detailclip_cli.core.data.benchmarks`). Images are streamed with ``DataLoader`` workers;
+an unreadable image is skipped and counted (``skipped_images`` in the result), or stops the
+evaluation with ``strict``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from detailclip_cli.core.choices import EVAL_TASKS
-from detailclip_cli.core.data import DataError, EvalDataset, class_names, read_samples
-from detailclip_cli.core.use.embed import encode_texts
-from detailclip_cli.core.use.metrics import accuracy, miou_from_confusion, retrieval_metrics, segmentation_confusion
-from detailclip_cli.core.use.templates import resolve_templates
-from detailclip_cli.core.use.zeroshot import evaluate_zero_shot
-from detailclip_cli.errors import UsageError
+from detailclip_cli.core.data import DataError
+from detailclip_cli.core.data.benchmarks import EvalSet, open_eval_set
+from detailclip_cli.core.use.batching import SkipLog
+from detailclip_cli.core.use.cls_probes import knn_probe, logistic_probe
+from detailclip_cli.core.use.dense import DenseProbeConfig, dense_probe
+from detailclip_cli.core.use.embed import check_resolution, embed_eval_set, encode_texts
+from detailclip_cli.core.use.metrics import retrieval_metrics
+from detailclip_cli.core.use.templates import templates_for
+from detailclip_cli.core.use.zeroshot import zero_shot_report
+from detailclip_cli.errors import UsageError, WorkFailedError
+
+# (description, total) -> advance(n): how a caller shows each stage's progress.
+Progress = Callable[[str, int], Callable[[int], None] | None]
 
 
-def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                 num_classes: int, k: int = 20, temperature: float = 0.07) -> torch.Tensor:
-    """Weighted k-NN on cosine similarity (DINO's protocol): votes weighted by exp(sim / T).
-
-    Args:
-        train_feats: (N, E) normalised features; train_labels: (N,) class ids.
-        test_feats: (M, E) normalised features.
-
-    Returns:
-        (M,) predicted class ids.
-    """
-    sims = test_feats @ train_feats.T  # (M, N)
-    k = min(k, train_feats.shape[0])
-    top_sims, top_idx = sims.topk(k, dim=1)  # (M, k)
-    weights = (top_sims / temperature).exp()
-    votes = torch.zeros(test_feats.shape[0], num_classes, dtype=weights.dtype)
-    votes.scatter_add_(1, train_labels[top_idx], weights)
-    return votes.argmax(dim=1)
-
-
-@dataclass
-class Features:
-    """Frozen features of an image set.
-
-    Attributes:
-        cls: (N, E) normalised image embeddings.
-        patches: (N, L, D) final-layer patch tokens, or None when not asked for.
-        masks: (N, H, W) per-pixel class ids, or None when the samples have none.
-        labels: (N,) class ids, or None.
-    """
-
-    cls: torch.Tensor
-    patches: torch.Tensor | None
-    masks: torch.Tensor | None
-    labels: torch.Tensor | None
-
-
-@torch.no_grad()
-def extract_features(model, samples: Sequence, *, classes: Sequence[str] | None = None,
-                     patches: bool = False, batch_size: int = 64,
-                     on_batch: Callable[[int], None] | None = None) -> Features:
-    """Run the frozen image tower over samples (eval transform), collecting what a probe needs."""
-    v = model.cfg.vision
-    device = model.logit_scale.device
-    dataset = EvalDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std, classes=classes)
-    cls, toks, masks, labels = [], [], [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        tokens = model.visual(batch["image"].to(device))  # (B, 1 + L, D)
-        cls.append(model.embed_cls(tokens).cpu())
-        if patches:
-            toks.append(tokens[:, 1:].cpu())
-        if "mask" in batch:
-            masks.append(batch["mask"])
-        if "label" in batch:
-            labels.append(batch["label"])
-        if on_batch is not None:
-            on_batch(len(batch["image"]))
-    n = sum(len(c) for c in cls)
-    return Features(
-        cls=torch.cat(cls),
-        patches=torch.cat(toks) if patches else None,
-        masks=torch.cat(masks) if len(masks) and sum(len(m) for m in masks) == n else None,
-        labels=torch.cat(labels) if len(labels) and sum(len(x) for x in labels) == n else None,
-    )
-
-
-def dense_logits(probe: torch.nn.Module, patches: torch.Tensor, grid: tuple[int, int],
-                 size: tuple[int, int]) -> torch.Tensor:
-    """Per-pixel class logits: a linear layer per patch, then bilinear upsampling.
-
-    Args:
-        probe: ``Linear(D, C)``.
-        patches: (N, L, D).
-        grid: (gh, gw) with gh * gw = L.
-        size: (H, W) output resolution.
-
-    Returns:
-        (N, C, H, W).
-    """
-    n = patches.shape[0]
-    logits = probe(patches)  # (N, L, C)
-    logits = logits.transpose(1, 2).reshape(n, -1, *grid)  # (N, C, gh, gw)
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
-
-def train_dense_probe(train: Features, num_classes: int, grid: tuple[int, int], *, epochs: int = 30,
-                      lr: float = 1e-2, batch_size: int = 128, seed: int = 0) -> torch.nn.Linear:
-    """Fit a linear per-patch classifier on frozen patch features against per-pixel masks.
-
-    The features are standardised with their training mean/std first (part of the probe),
-    so one learning rate serves every model.
-    """
-    if train.patches is None or train.masks is None:
-        raise ValueError("the dense probe needs patch features and masks")
-    g = torch.Generator().manual_seed(seed)
-    d = train.patches.shape[-1]
-    mean = train.patches.reshape(-1, d).mean(0)
-    std = train.patches.reshape(-1, d).std(0) + 1e-6
-    linear = torch.nn.Linear(d, num_classes)
-    torch.nn.init.zeros_(linear.weight)
-    torch.nn.init.zeros_(linear.bias)
-    opt = torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=1e-4)
-    size = tuple(train.masks.shape[-2:])
-    n = train.patches.shape[0]
-    steps = epochs * max(1, n // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=g)
-        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            idx = order[start:start + batch_size]
-            x = (train.patches[idx] - mean) / std
-            loss = F.cross_entropy(dense_logits(linear, x, grid, size), train.masks[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    # Fold the standardisation into the linear layer: W((x - m) / s) + b.
-    with torch.no_grad():
-        w = linear.weight / std
-        folded = torch.nn.Linear(d, num_classes)
-        folded.weight.copy_(w)
-        folded.bias.copy_(linear.bias - w @ mean)
-    return folded
-
-
-@torch.no_grad()
-def dense_probe_metrics(probe: torch.nn.Module, val: Features, num_classes: int,
-                        grid: tuple[int, int]) -> dict:
-    """mIoU and pixel accuracy of a trained dense probe on validation features."""
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    size = tuple(val.masks.shape[-2:])
-    for start in range(0, val.patches.shape[0], 64):
-        logits = dense_logits(probe, val.patches[start:start + 64], grid, size)
-        conf += segmentation_confusion(logits.argmax(1), val.masks[start:start + 64], num_classes)
-    return miou_from_confusion(conf)
-
-
-def run_evaluation(model, data: str, *, tasks: Sequence[str] = EVAL_TASKS, templates=None,
-                   probe_epochs: int = 20, max_train: int | None = None, seed: int = 0,
-                   on_stage: Callable[[str], None] | None = None) -> dict:
-    """Evaluate a model on a data spec's ``val`` split (probes train on its ``train`` split).
+def run_evaluation(model, data: str, *, tasks: Sequence[str] = EVAL_TASKS, layout: str = "auto",
+                   split: str | None = None, limit: int | None = None, templates: str | None = None,
+                   image_size: int | None = None, dense: DenseProbeConfig | None = None, batch_size: int = 64,
+                   workers: int = 0, strict: bool = False, seed: int = 0,
+                   progress: Progress | None = None) -> dict:
+    """Evaluate a model on one split of a data set (probes train on its ``train`` split).
 
     Args:
         model: a :class:`DetailCLIP` in eval mode.
-        data: a data spec (``demo``, a folder with train/ and val/, ...).
-        tasks: any of ``zeroshot`` (needs class labels), ``retrieval`` (needs captions),
-            ``dense`` (needs masks), ``probe`` ([CLS] k-NN, needs labels).
-        templates: zero-shot prompt templates (callables); None = the data's own or the default.
-        probe_epochs: epochs of the dense linear probe.
-        max_train: cap on training images for the probes (speed).
-        seed: probe seed.
-        on_stage: called with a stage name as each starts (progress).
+        data: ``demo``, or a path in one of the layouts of :class:`~detailclip_cli.core.data.benchmarks.Layout`.
+        tasks: any of ``zeroshot``, ``retrieval``, ``dense``, ``probe``.
+        layout: a layout name, or ``auto`` to find it from the files.
+        split: the evaluated split (None: the one the layout's results are published on).
+        limit: evaluate (and train probes on) only the first ``limit`` images of each split.
+        templates: ``--templates`` (a set's name or a file); None: the data's own, else its
+            layout's, else the default set.
+        image_size: the resolution of the whole-image tasks (None: the model's own).
+        dense: the dense probe's budget (None: the defaults of :class:`DenseProbeConfig`).
+        batch_size: images per forward pass; workers: ``DataLoader`` processes.
+        strict: stop at the first unreadable image (WorkFailedError) instead of skipping it.
+        seed: the logistic-regression probe's held-out split.
+        progress: shows each stage's progress (see :data:`Progress`).
 
     Returns:
-        {task: {metric: value}} for the tasks that the data supports; a task the data cannot
-        serve is reported under "skipped" with the reason.
+        ``data`` (layout, split, images, captions, ...), ``train`` (the train split read by the
+        probes, when one was), ``resolution``, ``metrics`` ({task: metrics and ``protocol``}),
+        ``skipped`` ({task: why the data cannot serve it}), ``skipped_images`` and
+        ``skipped_examples`` (unreadable images).
+
+    Raises:
+        UsageError: an unknown task, or data that cannot be read as asked.
     """
     unknown = sorted(set(tasks) - set(EVAL_TASKS))
     if unknown:
         raise UsageError(f"unknown task(s) {', '.join(unknown)} (choose from {', '.join(EVAL_TASKS)}, all)")
-    stage = on_stage or (lambda name: None)
+    stage = progress or (lambda _d, _t: None)
+    size = check_resolution(model, image_size or model.cfg.vision.image_size)
     try:
-        val = read_samples(data, split="val")
-        classes = class_names(data, split="val")
+        val = open_eval_set(data, layout=layout, split=split, limit=limit)
     except DataError as exc:
         raise UsageError(str(exc)) from None
-    labelled = bool(classes) and all(s.label is not None for s in val)
-    has_masks = all(s.mask is not None for s in val)
-    results: dict = {"skipped": {}}
+    skipped_images = SkipLog()
+    read = {"batch_size": batch_size, "workers": workers, "skipped": skipped_images, "strict": strict}
+    record: dict = {"data": val.describe(), "resolution": size, "metrics": {}, "skipped": {}}
+    metrics, skipped = record["metrics"], record["skipped"]
 
-    needs_train = ("dense" in tasks and has_masks) or ("probe" in tasks and labelled)
-    train_feats = val_feats = None
-    if needs_train:
-        stage("features")
-        train = read_samples(data, split="train")
-        if max_train is not None:
-            train = train[:max_train]
-        use_classes = classes if labelled else None
-        want_patches = "dense" in tasks and has_masks
-        train_feats = extract_features(model, train, classes=use_classes, patches=want_patches)
-        val_feats = extract_features(model, val, classes=use_classes, patches=want_patches)
+    train: EvalSet | None = None
+    if ("probe" in tasks and val.has_labels) or ("dense" in tasks and val.has_masks):
+        train = _train_split(data, val, limit)
+        if train is not None:
+            record["train"] = train.describe()
+
+    val_emb = None
+    if ("zeroshot" in tasks and val.has_labels) or ("retrieval" in tasks and val.has_captions) \
+            or ("probe" in tasks and val.has_labels and train is not None and train.has_labels):
+        val_emb = embed_eval_set(model, val, image_size=size, on_batch=stage(f"embed {val.split}", len(val)), **read)
+        if not len(val_emb.indices):
+            raise WorkFailedError(f"none of the {len(val)} images of {data} could be read")
 
     if "zeroshot" in tasks:
-        if labelled:
-            stage("zeroshot")
-            report = evaluate_zero_shot(model, val, classes, templates or resolve_templates(None, data=data))
-            results["zeroshot"] = {"top1": report.top1, "top5": report.top5,
-                                   "mean_per_class_recall": report.mean_per_class_recall}
+        if val.has_labels:
+            chosen, name = templates_for(templates, val)
+            report = zero_shot_report(model, val_emb, val.classes, chosen)
+            metrics["zeroshot"] = {"top1": report.top1, "top5": report.top5,
+                                   "mean_per_class_recall": report.mean_per_class_recall,
+                                   "protocol": {"templates": name, "num_templates": len(chosen),
+                                                "num_classes": len(val.classes),
+                                                "classifier": "mean of normalised template embeddings, renormalised",
+                                                "mean_per_class_recall": "over the classes with images"}}
         else:
-            results["skipped"]["zeroshot"] = "the data has no class labels"
+            skipped["zeroshot"] = f"the {val.layout} layout has no class labels"
     if "retrieval" in tasks:
-        captions = [s.caption for s in val]
-        if all(captions):
-            stage("retrieval")
-            img = val_feats.cls if val_feats is not None else extract_features(model, val).cls
-            results["retrieval"] = retrieval_metrics(img, encode_texts(model, captions).cpu())
+        if val.has_captions:
+            metrics["retrieval"] = _retrieval(model, val, val_emb)
         else:
-            results["skipped"]["retrieval"] = "some images have no caption"
+            skipped["retrieval"] = f"the {val.layout} layout has no captions"
     if "dense" in tasks:
-        if has_masks and train_feats is not None and train_feats.masks is not None:
-            stage("dense")
-            num_classes = int(max(train_feats.masks.max(), val_feats.masks.max())) + 1
-            grid = model.visual.grid_size
-            probe = train_dense_probe(train_feats, num_classes, grid, epochs=probe_epochs, seed=seed)
-            metrics = dense_probe_metrics(probe, val_feats, num_classes, grid)
-            results["dense"] = {"mIoU": metrics["mIoU"], "pixel_accuracy": metrics["pixel_accuracy"],
-                                "num_classes": num_classes}
+        if not val.has_masks:
+            skipped["dense"] = f"the {val.layout} layout has no label maps"
+        elif train is None or not train.has_masks:
+            skipped["dense"] = "the data has no train split with label maps to train the probe on"
         else:
-            results["skipped"]["dense"] = "the data has no masks (<image>.mask.png)"
+            metrics["dense"] = dense_probe(model, train, val, dense or DenseProbeConfig(), workers=workers,
+                                           skipped=skipped_images, strict=strict, progress=stage)
     if "probe" in tasks:
-        if labelled and train_feats is not None and train_feats.labels is not None:
-            stage("probe")
-            pred = knn_classify(train_feats.cls, train_feats.labels, val_feats.cls, len(classes))
-            results["probe"] = {"knn_top1": accuracy(pred, val_feats.labels)}
+        if not val.has_labels:
+            skipped["probe"] = f"the {val.layout} layout has no class labels"
+        elif train is None or not train.has_labels:
+            skipped["probe"] = "the data has no labelled train split to fit the probes on"
         else:
-            results["skipped"]["probe"] = "the data has no class labels"
-    if not results["skipped"]:
-        del results["skipped"]
-    return results
+            train_emb = embed_eval_set(model, train, image_size=size,
+                                       on_batch=stage(f"embed {train.split}", len(train)), **read)
+            args = (train_emb.embeddings, train_emb.labels, val_emb.embeddings, val_emb.labels)
+            metrics["probe"] = {"knn": knn_probe(*args, num_classes=len(val.classes)),
+                                "logistic": logistic_probe(*args, seed=seed)}
+    record["data"]["images_evaluated"] = len(val_emb.indices) if val_emb is not None else None
+    record["skipped_images"] = skipped_images.count
+    record["skipped_examples"] = skipped_images.examples
+    return record
+
+
+def _train_split(data: str, val: EvalSet, limit: int | None) -> EvalSet | None:
+    """The training split beside ``val`` (same layout), or None when the data has none."""
+    if val.split in ("train", "training", "train2017"):
+        return None  # evaluating the train split itself: a probe would test on what it learnt
+    try:
+        return open_eval_set(data, layout=val.layout, split="train", limit=limit)
+    except DataError:
+        return None
+
+
+def _retrieval(model, val: EvalSet, emb) -> dict:
+    """R@1/5/10 both ways over every caption of the readable images."""
+    texts, owner = [], []
+    for row, index in enumerate(emb.indices.tolist()):
+        for caption in val.items[index].captions:
+            texts.append(caption)
+            owner.append(row)
+    text_emb = encode_texts(model, texts).float().cpu()
+    result = retrieval_metrics(emb.embeddings, text_emb, torch.tensor(owner))
+    result["protocol"] = {"images": len(emb.indices), "captions": len(texts),
+                          "hit": "image->text: any of its captions in the top k; text->image: its image",
+                          "ties": "count against the query"}
+    return result

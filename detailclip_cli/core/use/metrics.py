@@ -62,18 +62,48 @@ def recall_at_k(scores: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[in
     return {k: (ahead < k).float().mean().item() for k in ks}
 
 
-def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor,
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: torch.Tensor | None = None,
                       ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Image-to-text and text-to-image recall@k for matching rows of normalised embeddings (N, E)."""
-    scores = image_emb @ text_emb.T  # (N, N)
-    i2t, t2i = recall_at_k(scores, ks), recall_at_k(scores.T, ks)
-    return {**{f"image_to_text_R@{k}": v for k, v in i2t.items()},
-            **{f"text_to_image_R@{k}": v for k, v in t2i.items()}}
+    """Image-to-text and text-to-image recall@k, with any number of captions per image.
+
+    Image -> text: a hit at k when any of the image's captions ranks in the top k of all
+    captions; text -> image: when the caption's image ranks in the top k of all images
+    (clip_benchmark's and the Karpathy-split protocol). Ties count against the query, as in
+    :func:`recall_at_k`.
+
+    Args:
+        image_emb: (N, E) normalised image embeddings.
+        text_emb: (M, E) normalised caption embeddings.
+        text_image: (M,) the image (row of ``image_emb``) of each caption; None when M = N and
+            caption i belongs to image i.
+        ks: cut-offs.
+
+    Returns:
+        ``image_to_text_R@k`` and ``text_to_image_R@k`` for each k, fractions in [0, 1].
+    """
+    n, m = image_emb.shape[0], text_emb.shape[0]
+    if text_image is None:
+        text_image = torch.arange(m)
+    scores = image_emb.float() @ text_emb.float().T  # (N, M)
+    own = torch.zeros(n, m, dtype=torch.bool)
+    own[text_image, torch.arange(m)] = True
+    # Image -> text: the image's best caption, and how many foreign captions score at least as high.
+    best = scores.masked_fill(~own, float("-inf")).max(dim=1, keepdim=True).values  # (N, 1)
+    ahead_i2t = ((scores >= best) & ~own).sum(dim=1)  # (N,)
+    # Text -> image: the caption's own image, and how many other images score at least as high.
+    correct = scores[text_image, torch.arange(m)].unsqueeze(0)  # (1, M)
+    ahead_t2i = (scores >= correct).sum(dim=0) - 1  # (M,)
+    return {**{f"image_to_text_R@{k}": (ahead_i2t < k).float().mean().item() for k in ks},
+            **{f"text_to_image_R@{k}": (ahead_t2i < k).float().mean().item() for k in ks}}
 
 
 def segmentation_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                            ignore_index: int | None = None) -> torch.Tensor:
-    """(C, C) pixel counts, rows = true class, columns = predicted class."""
+    """(C, C) pixel counts, rows = true class, columns = predicted class.
+
+    Pixels labelled ``ignore_index`` (or any value outside ``[0, C)``) are not counted, as
+    segmentation toolkits do; summing these over a data set gives its confusion matrix.
+    """
     pred, target = pred.reshape(-1), target.reshape(-1)
     keep = (target >= 0) & (target < num_classes)
     if ignore_index is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from detailclip_cli.core.data.demo import ZERO_SHOT_TEMPLATES
+from detailclip_cli.core.data.demo import demo_templates, demo_version
 from detailclip_cli.errors import UsageError
 
 DEFAULT_TEMPLATES = (
@@ -28,7 +28,7 @@ def template_sets() -> dict[str, Sequence[Callable[[str], str]]]:
 
     return {
         "default": [_fill(t) for t in DEFAULT_TEMPLATES],
-        "demo": [_fill(t) for t in ZERO_SHOT_TEMPLATES],
+        "demo": [_fill(t) for t in demo_templates()],
         "openai_imagenet": list(open_clip.OPENAI_IMAGENET_TEMPLATES),
         "simple_imagenet": list(open_clip.SIMPLE_IMAGENET_TEMPLATES),
     }
@@ -56,8 +56,8 @@ def as_templates(templates: Sequence[str | Callable[[str], str]]) -> list[Callab
 def resolve_templates(spec: str | None, *, data: str | None = None) -> list[Callable[[str], str]]:
     """Templates by name (``default``, ``demo``, ``openai_imagenet``, ``simple_imagenet``) or from a file.
 
-    With no ``spec``, the demo data (``data == "demo"``) gets its own set and anything else
-    the default set.
+    With no ``spec``, the demo data (``data`` ``"demo"`` or ``"demo:v5"``) gets its version's
+    set and anything else the default set.
 
     A template file has one template per line, each containing ``{}`` where the label goes;
     blank lines and lines starting with ``#`` are skipped.
@@ -67,7 +67,8 @@ def resolve_templates(spec: str | None, *, data: str | None = None) -> list[Call
     """
     sets = template_sets()
     if spec is None:
-        return list(sets["demo" if data == "demo" else "default"])
+        version = demo_version(data) if data is not None else None
+        return [_fill(t) for t in demo_templates(version)] if version else list(sets["default"])
     if spec in sets:
         return list(sets[spec])
     path = Path(spec).expanduser()
@@ -81,6 +82,25 @@ def resolve_templates(spec: str | None, *, data: str | None = None) -> list[Call
     if bad:
         raise TemplateError(f"template {bad[0]!r} in {path} has no {{}} where the label goes")
     return [_fill(line) for line in lines]
+
+
+def templates_for(spec: str | None, eval_set) -> tuple[list[Callable[[str], str]], str]:
+    """The templates an evaluation set is scored with, and where they came from.
+
+    ``spec`` (``--templates``) when given; else the data's own (clip_benchmark's
+    ``zeroshot_classification_templates.txt``, the demo's); else the set the layout is published
+    with (``openai_imagenet`` for ImageNet); else ``default``.
+
+    Returns:
+        (callables label -> prompt, a name for the result: ``--templates``' value, a set's name,
+        or ``"the data's own"``).
+    """
+    if spec is not None:
+        return resolve_templates(spec), spec
+    if eval_set.templates:
+        return as_templates(eval_set.templates), "the data's own"
+    name = eval_set.template_set or "default"
+    return resolve_templates(name), name
 
 
 def parse_labels(text: str, *, source: str = "--labels", one_per_line: bool = False) -> list[str]:

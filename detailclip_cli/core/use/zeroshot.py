@@ -7,11 +7,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader
 
-from detailclip_cli.core.data import DataError, EvalDataset, class_names, read_samples
-from detailclip_cli.core.use.metrics import confusion_matrix, mean_per_class_recall, per_class_recall, top_k_accuracy
-from detailclip_cli.core.use.templates import TemplateError, as_templates, resolve_templates
+from detailclip_cli.core.use.batching import SkipLog
+from detailclip_cli.core.use.embed import embed_eval_set
+from detailclip_cli.core.use.metrics import (
+    confusion_matrix,
+    mean_per_class_recall,
+    per_class_recall,
+    top_k_accuracy,
+)
+from detailclip_cli.core.use.templates import (
+    TemplateError,
+    as_templates,
+    resolve_templates,
+)
 from detailclip_cli.errors import UsageError, WorkFailedError
 
 
@@ -120,51 +129,56 @@ class ZeroShotReport:
         }
 
 
-def eval_samples(spec: str) -> tuple[list, list[str]]:
-    """The labelled samples and class names of an evaluation set (``demo`` = its validation split).
-
-    Raises:
-        UsageError: the set has no labels (or cannot be read).
-    """
-    try:
-        samples = read_samples(spec, split="val")
-        classes = class_names(spec, split="val")
-    except DataError as exc:
-        raise UsageError(str(exc)) from None
-    labelled = [s for s in samples if s.label is not None]
-    if not classes or not labelled:
-        raise UsageError(f"{spec} has no class labels (expected one sub-folder per class)")
-    return labelled, classes
-
-
 @torch.no_grad()
-def evaluate_zero_shot(model, samples: Sequence, classes: Sequence[str],
-                       templates: Sequence[Callable[[str], str]], *, batch_size: int = 64,
+def evaluate_zero_shot(model, eval_set, templates: Sequence[Callable[[str], str]], *, image_size: int | None = None,
+                       batch_size: int = 64, workers: int = 0, skipped: SkipLog | None = None, strict: bool = False,
                        on_batch: Callable[[int], None] | None = None) -> ZeroShotReport:
-    """Zero-shot accuracy of ``model`` on labelled samples, with class names as labels.
+    """Zero-shot accuracy of ``model`` on a labelled ``EvalSet``, with its class names as labels.
+
+    The protocol of clip_benchmark: each class's text embedding is the renormalised mean of its
+    normalised template embeddings; top-1 and top-5 accuracy; mean per-class recall (balanced
+    accuracy) over the classes that have images.
 
     Args:
         model: a :class:`DetailCLIP`.
-        samples: ``Sample`` records with labels among ``classes``.
-        classes: class names in label order.
+        eval_set: an ``EvalSet`` with labels (``eval_set.has_labels``).
         templates: prompt templates.
-        batch_size: images per forward pass.
+        image_size: the evaluation resolution (default: the model's own).
+        batch_size: images per forward pass; workers: ``DataLoader`` processes.
+        skipped: where unreadable images are counted (they are left out of every metric).
+        strict: stop at the first unreadable image instead.
         on_batch: called with the number of images after each batch (progress).
+
+    Raises:
+        UsageError: the set has no class labels. WorkFailedError: no image could be read, or
+        ``strict`` and one could not.
     """
-    v = model.cfg.vision
-    device = model.logit_scale.device
-    classifier = build_classifier(model, classes, templates)
-    dataset = EvalDataset(samples, image_size=v.image_size, mean=v.mean, std=v.std, classes=classes)
-    all_probs, all_labels = [], []
-    try:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            all_probs.append(classify(model, batch["image"].to(device), classifier).cpu())
-            all_labels.append(batch["label"])
-            if on_batch is not None:
-                on_batch(len(batch["label"]))
-    except DataError as exc:
-        raise WorkFailedError(str(exc)) from None
-    probs, labels = torch.cat(all_probs), torch.cat(all_labels)
+    if not eval_set.has_labels:
+        raise UsageError(f"{eval_set.root} ({eval_set.layout}) has no class labels")
+    skipped = skipped if skipped is not None else SkipLog()
+    classifier = build_classifier(model, eval_set.classes, templates)
+    emb = embed_eval_set(model, eval_set, image_size=image_size, batch_size=batch_size, workers=workers,
+                         skipped=skipped, strict=strict, on_batch=on_batch)
+    if emb.labels is None or not len(emb.labels):
+        raise WorkFailedError(f"none of the {len(eval_set)} images could be read")
+    return zero_shot_report(model, emb, eval_set.classes, templates, classifier=classifier)
+
+
+@torch.no_grad()
+def zero_shot_report(model, emb, classes: Sequence[str], templates: Sequence[Callable[[str], str]], *,
+                     classifier: torch.Tensor | None = None) -> ZeroShotReport:
+    """The zero-shot metrics of already embedded images (``SetEmbeddings`` with labels).
+
+    Args:
+        model: the :class:`DetailCLIP` that embedded them (its text tower and logit scale).
+        emb: (N, E) embeddings and (N,) labels.
+        classes: C class names; templates: the prompts.
+        classifier: (C, E) from :func:`build_classifier`, when already built.
+    """
+    if classifier is None:
+        classifier = build_classifier(model, classes, templates)
+    logits = model.scale().cpu().float() * emb.embeddings @ classifier.cpu().float().T  # (N, C)
+    probs, labels = logits.softmax(dim=-1), emb.labels
     conf = confusion_matrix(probs.argmax(dim=1), labels, len(classes))
     return ZeroShotReport(
         classes=list(classes), top1=top_k_accuracy(probs, labels, 1), top5=top_k_accuracy(probs, labels, 5),

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from detailclip_cli.core.data import demo_photos
 from detailclip_cli.core.data import (
     DEMO_VERSION,
     AugmentConfig,
@@ -30,8 +31,8 @@ from detailclip_cli.core.data import (
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
-DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
+PATTERNS = ["striped", "dotted", "checkered", "plain"]
 
 
 @pytest.fixture(scope="session")
@@ -63,56 +64,93 @@ def _write_png(path: Path, colour=(200, 10, 10), size=(20, 16)) -> Path:
 
 def test_demo_layout_and_sizes(demo_cache):
     root = demo_root()
-    assert root == demo_cache / DEMO_VERSION
-    assert json.loads((root / "classes.json").read_text()) == COLOURS
+    assert root == demo_cache / DEMO_VERSION == demo_cache / "demo-v6"
+    assert json.loads((root / "classes.json").read_text()) == PATTERNS
     for split, size in [("train", 2000), ("val", 500)]:
         images = [p for p in (root / split).rglob("*.png") if not p.name.endswith(".mask.png")]
         assert len(images) == size
-        assert {p.parent.name for p in images} == set(COLOURS)
+        assert {p.parent.name: 0 for p in images}.keys() == set(PATTERNS)
+        # Image j shows pattern j % 4, so the classes are balanced exactly.
+        assert all(sum(p.parent.name == c for p in images) == size // 4 for c in PATTERNS)
         for p in images:
             assert p.with_suffix(".txt").is_file()
             assert p.with_name(p.stem + ".mask.png").is_file()
 
 
-def test_demo_images_masks_and_captions_agree(demo_cache):
+def test_demo_masks_cover_each_object_and_nothing_else(demo_cache):
+    """Each object is painted over the photo, marked with its class in the mask, spans at least
+    2 x 2 patches of the tiny preset (8 px), and the mask is 0 everywhere else."""
     root = demo_root()
+    counts = []
     for split in ("train", "val"):
         records = [json.loads(line) for line in (root / f"{split}.jsonl").read_text().splitlines()]
-        named_colours, checked, nearest_is_class = 0, 0, 0
-        for record in records[:: 7 if split == "train" else 1]:
-            checked += 1
+        for record in records[:: 5 if split == "train" else 1]:
             folder = root / split / record["label"]
             image = Image.open(folder / f"{record['id']}.png")
-            mask = Image.open(folder / f"{record['id']}.mask.png")
-            assert image.mode == "RGB" and image.size == (64, 64)
-            assert mask.mode == "L" and mask.size == (64, 64)
-            assert record["label"] == record["colour"]
-            c = COLOURS.index(record["label"])
-            values = set(np.unique(np.asarray(mask)).tolist())
-            assert values == {0, c + 1}, (record, values)
-            # The strokes are painted in the class colour: of the palette, the nearest to them
-            # (but where soft edges blend a light colour into a dark photo: 29 of 2,500 images).
-            strokes = np.median(np.asarray(image)[np.asarray(mask) > 0].astype(float), axis=0)
-            palette = np.array([demo.COLOURS[name] for name in COLOURS], dtype=float)
-            nearest_is_class += int(np.linalg.norm(palette - strokes, axis=1).argmin() == c)
+            mask = np.asarray(Image.open(folder / f"{record['id']}.mask.png"))
+            assert image.mode == "RGB" and image.size == (64, 64) and mask.shape == (64, 64)
+            k = PATTERNS.index(record["label"]) + 1
+            assert set(np.unique(mask).tolist()) == {0, k}, record
+            covered = np.zeros_like(mask, dtype=bool)
+            for obj in record["objects"]:
+                x0, y0, x1, y1 = obj["box"]
+                inside = mask[y0:y1, x0:x1] == k
+                rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+                assert rows[-1] - rows[0] + 1 >= 16 and cols[-1] - cols[0] + 1 >= 16, (record, obj)
+                covered[y0:y1, x0:x1] |= inside
+            assert ((mask == k) == covered).all(), record  # no object pixel outside the boxes
+            counts.append(len(record["objects"]))
             caption = (folder / f"{record['id']}.txt").read_text().strip()
-            assert caption == record["caption"]
-            k = DIGITS.index(record["digit"])
-            assert record["digit"] in caption or str(k) in caption
-            named_colours += record["colour"] in caption
-        assert nearest_is_class >= 0.97 * checked, (nearest_is_class, checked)
-        # Half the caption templates name the colour (see CAPTION_TEMPLATES).
-        assert 0.35 < named_colours / checked < 0.65, named_colours / checked
+            assert caption == record["caption"] and record["label"] in caption
+    assert set(counts) == {1, 2, 3}
 
 
-def test_demo_val_digits_unseen_in_train(demo_cache):
+def test_demo_patterns_are_two_coloured_and_colours_do_not_give_the_class(demo_cache):
+    """Plain objects have one colour, the others two; every palette colour paints every class."""
     root = demo_root()
-    sources = {}
+    used = {c: set() for c in PATTERNS}
+    for line in (root / "train.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for obj in record["objects"]:
+            assert len(obj["colours"]) == (1 if record["label"] == "plain" else 2)
+            assert len(set(obj["colours"])) == len(obj["colours"])
+            used[record["label"]].update(obj["colours"])
+    assert all(colours == set(demo_photos.COLOURS) for colours in used.values()), used
+
+
+def test_demo_val_photos_unseen_in_train(demo_cache):
+    root = demo_root()
+    photos = {}
     for split in ("train", "val"):
         lines = (root / f"{split}.jsonl").read_text().splitlines()
-        sources[split] = {json.loads(line)["digit_source"] for line in lines}
-    assert sources["train"] and sources["val"]
-    assert not sources["train"] & sources["val"]
+        photos[split] = {json.loads(line)["background"] for line in lines}
+    assert photos["val"] == {"chelsea", "coffee"}
+    assert len(photos["train"]) == 8 and not photos["train"] & photos["val"]
+
+
+def _pixel_digest(root: Path) -> str:
+    """Over every file: its path, and its decoded pixels for PNGs (not the encoder's bytes), else its bytes."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(np.asarray(Image.open(p)).tobytes() if p.suffix == ".png" else p.read_bytes())
+    return h.hexdigest()
+
+
+def test_demo_v5_is_still_the_one_0_1_generated(tmp_path):
+    """``--data demo:v5`` reproduces old figures: its first images are those detailclip 0.1 wrote
+    (this digest was computed from 0.1's generator)."""
+    generate_demo(tmp_path, version="v5", sizes={"train": 20, "val": 10})
+    assert json.loads((tmp_path / "classes.json").read_text()) == COLOURS
+    assert _pixel_digest(tmp_path) == "864a6ba5869d1bdab015e243b47ce6dd7219fe49257075a5ac392f59822c46e7"
+
+
+def test_demo_versions_by_spec():
+    assert demo.demo_version("demo") == "v6" and demo.demo_version("demo:v5") == "v5"
+    assert demo.demo_version("./demo") is None and demo.demo_version("demos") is None
+    with pytest.raises(DataError, match="demo versions are v5, v6"):
+        demo.demo_version("demo:v9")
 
 
 def test_demo_generation_is_deterministic(demo_cache, tmp_path):
@@ -152,7 +190,7 @@ def test_read_demo(demo_cache):
     assert len(train) == 2000 and len(val) == 500
     assert train == sorted(train, key=lambda s: s.image)
     assert all(s.label == s.image.parent.name and s.mask is not None for s in train)
-    assert class_names("demo") == COLOURS
+    assert class_names("demo") == PATTERNS
     with pytest.raises(DataError, match="splits"):
         read_samples("demo", split="test")
 
@@ -400,12 +438,12 @@ def test_two_view_dataset_same_in_workers(small_samples):
 
 
 def test_eval_dataset_on_demo(small_samples):
-    ds = EvalDataset(small_samples, image_size=48, mean=MEAN, std=STD, classes=COLOURS)
+    ds = EvalDataset(small_samples, image_size=48, mean=MEAN, std=STD, classes=PATTERNS)
     for i in range(len(ds)):
         item = ds[i]
         assert item["image"].shape == (3, 48, 48)
         assert item["mask"].shape == (48, 48) and item["mask"].dtype == torch.long
-        label = COLOURS.index(small_samples[i].label)
+        label = PATTERNS.index(small_samples[i].label)
         assert item["label"] == label
         assert set(item["mask"].unique().tolist()) <= {0, label + 1}
         assert (item["mask"] == label + 1).any()

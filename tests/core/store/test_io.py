@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 
@@ -13,6 +14,7 @@ from safetensors import safe_open
 
 from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.store.io import (
+    CHECKSUM_KEY,
     CONFIG_FILE,
     MODEL_FILE,
     ModelLoadError,
@@ -53,7 +55,9 @@ def _outputs(m: DetailCLIP, images, text):
 
 def test_round_trip_gives_identical_outputs(model, saved, inputs):
     assert sorted(p.name for p in saved.iterdir()) == [CONFIG_FILE, MODEL_FILE]  # no temp files left
-    assert json.loads((saved / CONFIG_FILE).read_text()) == json.loads(json.dumps(model.cfg.to_dict()))
+    written = json.loads((saved / CONFIG_FILE).read_text())
+    assert written.pop(CHECKSUM_KEY) == hashlib.sha256((saved / MODEL_FILE).read_bytes()).hexdigest()
+    assert written == json.loads(json.dumps(model.cfg.to_dict()))
     loaded = load_model(saved)
     assert not loaded.training
     assert loaded.cfg == model.cfg

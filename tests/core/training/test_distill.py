@@ -252,16 +252,18 @@ def test_saved_student_carries_the_teacher_text_tower_not_the_bridges(frozen_run
 
 
 def test_distilled_student_runs_zero_shot_with_the_teacher_text_tower(frozen_run, teacher_dir):
-    from detailclip_cli.core.use.zeroshot import build_classifier, eval_samples, evaluate_zero_shot
+    from detailclip_cli.core.data.benchmarks import open_eval_set
     from detailclip_cli.core.store.lookup import resolve_model
     from detailclip_cli.core.use.templates import resolve_templates
+    from detailclip_cli.core.use.zeroshot import build_classifier, evaluate_zero_shot
 
     out, _, _, _ = frozen_run
     student, teacher = resolve_model(str(out)), resolve_model(str(teacher_dir))
-    samples, classes = eval_samples("demo")
+    eval_set = open_eval_set("demo", limit=40)
+    classes = eval_set.classes
     templates = resolve_templates(None)
     assert torch.allclose(build_classifier(student, classes, templates), build_classifier(teacher, classes, templates))
-    report = evaluate_zero_shot(student, samples[:40], classes, templates)
+    report = evaluate_zero_shot(student, eval_set, templates)
     assert report.num_images == 40 and 0.0 <= report.top1 <= report.top5 <= 1.0
 
 
@@ -406,12 +408,13 @@ STUDENT_MIN_TOP1 = 0.3
 
 
 @pytest.mark.slow
-def test_a_student_distilled_from_the_shipped_model_reads_the_demo_colours(demo_cache, tmp_path):
+def test_a_student_distilled_from_the_shipped_model_reads_the_demo_classes(demo_cache, tmp_path):
     """A student with a fraction of the teacher's image tower and 32 px views, distilled for a
     few steps from the shipped model, classifies the demo validation split zero-shot through
     the teacher's text tower far above chance (1/8; the majority class is 17.6 %)."""
-    from detailclip_cli.core.use.zeroshot import eval_samples, evaluate_zero_shot
+    from detailclip_cli.core.data.benchmarks import open_eval_set
     from detailclip_cli.core.store.lookup import resolve_model
+    from detailclip_cli.core.use.zeroshot import evaluate_zero_shot
     from detailclip_cli.core.store.shipped import shipped_model_dir
     from detailclip_cli.core.use.templates import resolve_templates
 
@@ -428,7 +431,6 @@ def test_a_student_distilled_from_the_shipped_model_reads_the_demo_colours(demo_
         return sum(p.numel() for p in model.visual.parameters())
 
     assert tower_params(student) * 5 < tower_params(teacher)
-    samples, classes = eval_samples("demo")
-    report = evaluate_zero_shot(student, samples, classes, resolve_templates("demo"))
+    report = evaluate_zero_shot(student, open_eval_set("demo"), resolve_templates("demo"))
     assert report.num_images == 500
     assert report.top1 > STUDENT_MIN_TOP1, report.top1

@@ -1,32 +1,81 @@
-"""The probes of ``evaluate`` on constructed features: weighted k-NN and the dense linear probe."""
+"""The probes of ``evaluate``: weighted k-NN, the logistic probe, the dense linear probe end to end,
+token extraction at any resolution, and ``run_evaluation``'s record on miniature layouts."""
 
 from __future__ import annotations
 
 import math
 
+import benchmark_minis as minis
+import pytest
 import torch
 
-from detailclip_cli.core.use import evaluate as E
+from detailclip_cli.core.data.benchmarks import open_eval_set
+from detailclip_cli.core.use import cls_probes as P
+from detailclip_cli.core.use.batching import SkipLog
+from detailclip_cli.core.use.dense import DenseProbeConfig, dense_probe
+from detailclip_cli.core.use.embed import encode_images, image_tokens
+from detailclip_cli.core.use.evaluate import run_evaluation
 
 
 def test_knn_weighted_vote():
     train = torch.tensor([[1.0, 0.0], [0.9, math.sqrt(1 - 0.81)], [0.0, 1.0]])
     labels = torch.tensor([0, 0, 1])
     test = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert E.knn_classify(train, labels, test, num_classes=2, k=2).tolist() == [0, 1]
+    assert P.knn_classify(train, labels, test, num_classes=2, k=2).tolist() == [0, 1]
     # k=3: for the second query, one near vote for class 1 (sim 1) outweighs two far ones.
-    assert E.knn_classify(train, labels, test, num_classes=2, k=3).tolist() == [0, 1]
+    assert P.knn_classify(train, labels, test, num_classes=2, k=3).tolist() == [0, 1]
+    votes = P.knn_scores(train, labels, test[:1], num_classes=2, k=3, temperature=0.5)
+    assert votes[0].tolist() == pytest.approx([math.exp(2) + math.exp(1.8), math.exp(0)])
 
 
-def test_dense_probe_learns_a_separable_layout():
-    # Patch features that encode the class of their patch exactly: the probe must reach ~1 mIoU.
+def test_logistic_probe_chooses_c_on_held_out_train_data():
     g = torch.Generator().manual_seed(0)
-    n, grid, classes = 64, (4, 4), 3
-    patch_classes = torch.randint(0, classes, (n, 16), generator=g)
-    feats = torch.nn.functional.one_hot(patch_classes, classes).float() * 3 + 0.1 * torch.randn(n, 16, classes, generator=g)
-    masks = patch_classes.reshape(n, 1, 4, 4).float()
-    masks = torch.nn.functional.interpolate(masks, size=(16, 16), mode="nearest").reshape(n, 16, 16).long()
-    data = E.Features(cls=torch.zeros(n, 2), patches=feats, masks=masks, labels=None)
-    probe = E.train_dense_probe(data, classes, grid, epochs=40, lr=0.05, batch_size=16)
-    m = E.dense_probe_metrics(probe, data, classes, grid)
-    assert m["pixel_accuracy"] > 0.8 and m["mIoU"] > 0.65
+    centres = torch.eye(3)
+    y = torch.arange(60) % 3
+    x = centres[y] + 0.05 * torch.randn(60, 3, generator=g)
+    out = P.logistic_probe(x, y, centres, torch.arange(3), seed=0)
+    assert out["top1"] == 1.0 and out["protocol"]["held_out_accuracy"] == 1.0
+    # The smallest C reaching the best held-out accuracy is chosen (the strongest regularisation).
+    assert out["protocol"]["C"] in P.LOGREG_C_GRID and out["protocol"]["held_out_fraction"] == 0.2
+
+
+def test_tokens_are_exact_at_the_training_size_and_resampled_elsewhere(model, images):
+    tokens = image_tokens(model, images)[0]
+    assert torch.equal(tokens, model.visual(images))  # nothing resampled at the model's own size
+    assert torch.equal(encode_images(model, images), model.encode_image(images))
+    size = model.cfg.vision.image_size
+    bigger = torch.nn.functional.interpolate(images, size=(2 * size, size + 8), mode="bilinear")
+    p = model.visual.patch_size
+    assert image_tokens(model, bigger)[0].shape == (3, 1 + (2 * size // p) * ((size + 8) // p), model.visual.width)
+    last2 = image_tokens(model, images, last_k=2)
+    assert len(last2) == 2 and torch.allclose(last2[1], tokens, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_dense_probe_reaches_miou_one_where_a_linear_map_can(model, tmp_path):
+    # Each ADE20K miniature image is one flat colour per class with an ignored ("other") stripe, at
+    # 40x48 px, not the model's 64: the probe must classify every counted pixel at label resolution.
+    minis.ade20k(tmp_path)
+    train, val = open_eval_set(tmp_path, split="train"), open_eval_set(tmp_path)
+    cfg = DenseProbeConfig(iterations=40, lr=1e-2, batch_size=4, scale=(1.0, 1.0), inference="slide")
+    skipped = SkipLog()
+    out = dense_probe(model, train, val, cfg, skipped=skipped)
+    assert out["mIoU"] == 1.0 and out["pixel_accuracy"] == 1.0
+    assert out["num_classes"] == 150 and out["iou"]["name1"] == 1.0 and out["iou"]["name4"] is None
+    assert out["protocol"]["crop"] == model.cfg.vision.image_size and out["protocol"]["iterations"] == 40
+    resize = dense_probe(model, train, val, DenseProbeConfig(iterations=40, lr=1e-2, batch_size=4, scale=(1.0, 1.0),
+                                                            inference="resize", last_k=2), skipped=skipped)
+    assert resize["mIoU"] == 1.0 and skipped.count == 0
+
+
+def test_run_evaluation_on_a_clip_benchmark_miniature(model, tmp_path):
+    minis.colour_clip_benchmark(tmp_path, n=7)
+    record = run_evaluation(model, str(tmp_path), workers=0)
+    assert record["data"]["layout"] == "clip_benchmark" and record["data"]["images"] == 7
+    assert set(record["metrics"]) == {"zeroshot"}
+    z = record["metrics"]["zeroshot"]
+    assert z["protocol"]["templates"] == "the data's own" and z["protocol"]["num_templates"] == 2
+    assert z["top5"] == 1.0 and round(z["top1"] * 7, 6) == round(z["top1"] * 7)  # a count of 7 images
+    assert record["skipped"] == {"retrieval": "the clip_benchmark layout has no captions",
+                                 "dense": "the clip_benchmark layout has no label maps",
+                                 "probe": "the data has no labelled train split to fit the probes on"}

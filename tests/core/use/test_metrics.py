@@ -79,3 +79,32 @@ def test_miou_counts_a_predicted_but_absent_class_as_zero():
     m = M.miou_from_confusion(conf)
     assert m["iou"] == [None, pytest.approx(0.5), pytest.approx(0.0)]
     assert m["mIoU"] == pytest.approx(0.25)
+
+
+def test_retrieval_with_five_captions_per_image():
+    # 2 images, 5 captions each (captions 0-4 -> image 0, 5-9 -> image 1), hand-built scores.
+    img = torch.eye(2)
+    owner = torch.tensor([0] * 5 + [1] * 5)
+    # Captions of image 0 all point at image 1 but one (caption 3), which points at image 0;
+    # captions of image 1 all point at image 1 except caption 9, which points at image 0.
+    txt = torch.tensor([[0.0, 1.0]] * 3 + [[1.0, 0.0], [0.0, 1.0]] + [[0.0, 1.0]] * 4 + [[1.0, 0.0]])
+    m = M.retrieval_metrics(img, txt, owner, ks=(1, 5, 10))
+    # Image 0: its best caption (3, score 1) ties with caption 9 (foreign): 1 ahead -> miss at 1, hit at 5.
+    # Image 1: its best captions score 1, foreign captions 0, 1, 2, 4 also score 1: 4 ahead -> hit at 5.
+    assert m["image_to_text_R@1"] == 0.0 and m["image_to_text_R@5"] == 1.0
+    # Text -> image: caption 3, captions 5-8 hit; 0, 1, 2, 4 prefer image 1 and 9 prefers image 0.
+    assert m["text_to_image_R@1"] == pytest.approx(5 / 10)
+    assert m["text_to_image_R@5"] == 1.0 and m["text_to_image_R@10"] == 1.0
+
+
+def test_segmentation_confusion_honours_the_ignore_label():
+    target = torch.tensor([[0, 255, 1, 1], [255, 0, 2, 255]])
+    pred = torch.tensor([[0, 1, 1, 0], [2, 0, 2, 2]])
+    conf = M.segmentation_confusion(pred, target, num_classes=4, ignore_index=255)
+    assert conf.sum() == 5  # three ignored pixels are not counted, whatever was predicted there
+    m = M.miou_from_confusion(conf)
+    # class 0: tp 2, union 3 (one 1 predicted as 0); class 1: tp 1, union 2; class 2: tp 1, union 1; class 3 absent.
+    assert m["iou"][3] is None
+    assert m["iou"][:3] == pytest.approx([2 / 3, 1 / 2, 1.0])
+    assert m["mIoU"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    assert m["pixel_accuracy"] == pytest.approx(4 / 5)
