@@ -82,7 +82,7 @@ def evaluate(model, data: str, *, seed: int, device: str) -> dict:
     return {
         "dense": {"mIoU": m["dense"]["mIoU"], "pixel_accuracy": m["dense"]["pixel_accuracy"]},
         "zeroshot": {"top1": m["zeroshot"]["top1"]},
-        "retrieval": {"image_to_text_R@1": m["retrieval"]["image_to_text"]["R@1"]},
+        "retrieval": {"image_to_text_R@1": m["retrieval"]["image_to_text_R@1"]},
         "probe": {"knn_top1": m["probe"]["knn"]["top1"]},
         "protocol": {task: m[task].get("protocol") for task in m},
     }

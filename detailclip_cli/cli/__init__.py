@@ -14,12 +14,14 @@ from detailclip_cli.cli import (
     attn_map,
     bench,
     distill,
+    embed,
     evaluate,
     export,
     info,
     plot,
     pretrain,
     reconstruct,
+    search,
     shard,
     zero_shot,
 )
@@ -66,6 +68,8 @@ _register("zero-shot", zero_shot.zero_shot, no_args_is_help=True)
 _register("attn-map", attn_map.attn_map, no_args_is_help=True)
 _register("reconstruct", reconstruct.reconstruct, no_args_is_help=True)
 _register("evaluate", evaluate.evaluate, no_args_is_help=False)
+_register("embed", embed.embed, no_args_is_help=True)
+_register("search", search.search, no_args_is_help=True)
 _register("plot", plot.plot, no_args_is_help=True)
 _register("bench", bench.bench, no_args_is_help=False)
 _register("info", info.info, no_args_is_help=False)

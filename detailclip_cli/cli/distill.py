@@ -88,12 +88,15 @@ def distill(
     no_grad_checkpointing: opts.NoGradCkptOpt = False,
     compile: opts.CompileOpt = None,
     no_compile: opts.NoCompileOpt = False,
+    shard: opts.ShardOpt = False,
     # -- output
     out: opts.OutOpt = None,
     force: opts.ForceOpt = False,
     resume: opts.ResumeOpt = None,
     log_every: opts.LogEveryOpt = None,
     save_every: opts.SaveEveryOpt = None,
+    log_to: opts.LogToOpt = None,
+    log_images_every: opts.LogImagesEveryOpt = 0,
 ) -> None:
     """Distil a student from a teacher using images only (captions are not needed); writes a run folder.
 
@@ -118,6 +121,8 @@ def distill(
       detailclip distill --teacher open_clip:ViT-B-32 --pretrained openai --data ./imgs --local-crops 6
 
       detailclip distill --resume runs/student --steps 2000
+
+      torchrun --nproc_per_node 2 -m detailclip_cli distill --data ./imgs --shard --log-to tensorboard
     """
     # The core loads only when a command runs, so --help stays fast.
     from detailclip_cli.core.training.distill import method_configs
@@ -165,16 +170,20 @@ def distill(
         settings = {"student": student or ("tiny" if config is None else None)}
 
     # Every setting checked in one place, before any work (a resumed run's too: --steps may change).
+    from detailclip_cli.cli.pretrain import log_spec
+    from detailclip_cli.core.training.loggers import parse_log_to
+
+    loggers = parse_log_to(log_to)  # an unknown or absent logger fails now, before any work
     for warning in check_run(model_cfg, train_cfg, given):
         say(err_console(), f"warning: {warning}", style="yellow")
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
         teacher=teacher, pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
-        settings=settings, force=force)
+        settings=settings, force=force, shard=shard, log_to=log_spec(loggers, log_images_every, data))
 
 
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, teacher: str | None,
         pretrained: str | None, method: str | None, local_crops: int | None, local_size: int | None,
-        settings: dict, force: bool = False) -> None:
+        settings: dict, force: bool = False, shard: bool = False, log_to=None) -> None:
     """Set the distillation up in the core, say what it does, and draw its progress on stderr."""
     # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.training.distill import default_local_crops
@@ -185,7 +194,7 @@ def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool,
         local_crops = 0 if teacher is not None else default_local_crops(method)
     steps = core_distill(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, teacher=teacher,
                          pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
-                         resume=resume, settings=settings, force=force)
+                         resume=resume, settings=settings, force=force, shard=shard, log_to=log_to)
     counts = steps.objective.image_param_counts()
     c = train_cfg
     if teacher is None:

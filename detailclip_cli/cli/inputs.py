@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from detailclip_cli.cli.console import one_line, progress_bar, say
+from detailclip_cli.cli.console import one_line, say, stage_progress
 from detailclip_cli.core.choices import ScoreLayer
 from detailclip_cli.errors import UsageError
 from detailclip_cli.core.store.shipped import model_name
@@ -148,8 +148,8 @@ class ImageFeed:
     is the number of files that could not be read.
     """
 
-    def __init__(self, model, paths: list[Path], *, batch_size: int, console, description: str):
-        self.model, self.paths, self.batch_size = model, paths, batch_size
+    def __init__(self, model, paths: list[Path], *, batch_size: int, console, description: str, workers: int = 0):
+        self.model, self.paths, self.batch_size, self.workers = model, paths, batch_size, workers
         self.console, self.description = console, description
         self.failed = 0
 
@@ -161,9 +161,10 @@ class ImageFeed:
 
         v = self.model.cfg.vision
         device = self.model.logit_scale.device
-        with progress_bar(self.console, len(self.paths), self.description) as advance:
+        with stage_progress(self.console) as progress:
+            advance = progress(self.description, len(self.paths)) or (lambda n: None)
             for batch in iter_image_batches(self.paths, image_size=v.image_size, mean=v.mean, std=v.std,
-                                            batch_size=self.batch_size):
+                                            batch_size=self.batch_size, workers=self.workers):
                 for _, message in batch.errors:
                     say(self.console, f"error: {one_line(' '.join(message.split()))}")
                 self.failed += len(batch.errors)

@@ -38,7 +38,7 @@ DataOpt = Annotated[str, typer.Option(
     "or webdataset tar shards ('shards/{000000..000099}.tar', one .tar, or a folder of them; see "
     "`detailclip shard`).")]
 DeviceOpt = Annotated[str, typer.Option(
-    "--device", metavar="NAME", rich_help_panel=SCALE, help="auto, cpu or cuda[:N].")]
+    "--device", metavar="NAME", rich_help_panel=SCALE, help="auto (cuda, else mps, else cpu), cpu, cuda[:N] or mps.")]
 SeedOpt = Annotated[Optional[int], typer.Option(
     "--seed", metavar="N", rich_help_panel=OPTIMISATION,
     help="Random seed (data order, augmentation, init, random removal).")]
@@ -170,3 +170,18 @@ LayerOpt = Annotated[Optional[str], typer.Option(
     "--layer", metavar="LAYER", rich_help_panel=METHOD, show_default=False,
     help=f"Attention used for scores: {', '.join(ScoreLayer)} or a block index (mean: over all blocks). "
     "Default: the run's --score-layer, else mean.")]
+# -- engine and loggers of pretrain / distill (issue 17)
+ShardOpt = Annotated[bool, typer.Option(
+    "--shard", metavar="", rich_help_panel=SCALE,
+    help="Under torchrun: shard parameters, gradients and optimiser state over the processes (FSDP2, per "
+    "transformer block) instead of replicating them (DDP), for models that do not fit one device. Checkpoints "
+    "are the same files; a run may be resumed with or without it.")]
+LogToOpt = Annotated[Optional[str], typer.Option(
+    "--log-to", metavar="NAMES", rich_help_panel=OUTPUT, show_default=False,
+    help="Also log to tensorboard and/or wandb (comma-separated; pip install 'detailclip[tensorboard]' / "
+    "'detailclip[wandb]'): the figures of metrics.jsonl, which stays the record. TensorBoard writes "
+    "RUN/tensorboard/; W&B follows WANDB_MODE (offline writes RUN/wandb/).")]
+LogImagesEveryOpt = Annotated[int, typer.Option(
+    "--log-images-every", metavar="N", min=0, rich_help_panel=OUTPUT,
+    help="With --log-to: every N steps, the attention map and reconstruction of a fixed batch of the data's "
+    "validation images (0: none).")]

@@ -69,12 +69,15 @@ def pretrain(
     no_grad_checkpointing: opts.NoGradCkptOpt = False,
     compile: opts.CompileOpt = None,
     no_compile: opts.NoCompileOpt = False,
+    shard: opts.ShardOpt = False,
     # -- output
     out: opts.OutOpt = None,
     force: opts.ForceOpt = False,
     resume: opts.ResumeOpt = None,
     log_every: opts.LogEveryOpt = None,
     save_every: opts.SaveEveryOpt = None,
+    log_to: opts.LogToOpt = None,
+    log_images_every: opts.LogImagesEveryOpt = 0,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", metavar="", rich_help_panel=opts.OUTPUT,
         help="Print parameter counts, FLOPs per step and the peak memory of one step, then stop (nothing is "
@@ -99,6 +102,8 @@ def pretrain(
       detailclip pretrain --preset base --batch-size 64 --dry-run
 
       torchrun --nproc_per_node 4 -m detailclip_cli pretrain --preset small --batch-size 1024 --accum-steps 2
+
+      detailclip pretrain --preset tiny --log-to tensorboard --log-images-every 100 --out runs/tb
     """
     if recipe == LIST:
         return print_recipes()
@@ -152,13 +157,27 @@ def pretrain(
                     "init": init, "init_pretrained": pretrained, "lock_text": lock_text}
 
     # Every setting checked in one place, before any work (a resumed run's too: --steps may change).
+    from detailclip_cli.core.training.loggers import parse_log_to
+
+    loggers = parse_log_to(log_to)  # an unknown or absent logger fails now, before any work
     console = err_console()
     for warning in check_run(model_cfg, train_cfg, given, init=init, lock_text=lock_text and resume is None):
         say(console, f"warning: {warning}", style="yellow")
     if dry_run:
         return report_dry_run(model_cfg, train_cfg, device)
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
-        settings=settings, init=init_model, lock_text=lock_text, force=force)
+        settings=settings, init=init_model, lock_text=lock_text, force=force, shard=shard,
+        log_to=log_spec(loggers, log_images_every, data))
+
+
+def log_spec(loggers: tuple[str, ...], every: int, data):
+    """The run's ``LogTo``: the loggers, with the pictures of ``data``'s fixed batch every ``every`` steps."""
+    # imported on use, not at the top: --help must not load torch (start-up time)
+    from detailclip_cli.core.training.loggers import LogTo
+    from detailclip_cli.tools.pictures import training_pictures
+
+    pictures = training_pictures(data) if loggers and every else None
+    return LogTo(names=loggers, pictures=pictures, pictures_every=every)
 
 
 def print_recipes() -> None:
@@ -193,14 +212,14 @@ def report_dry_run(model_cfg, train_cfg, device: str) -> None:
 
 
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, settings: dict,
-        init=None, lock_text: bool = False, force: bool = False) -> None:
+        init=None, lock_text: bool = False, force: bool = False, shard: bool = False, log_to=None) -> None:
     """Drive the core training loop and draw its progress on stderr."""
     # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.training.pretrain import train
 
     console = err_console()
     steps = train(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, resume=resume, settings=settings,
-                  init=init, lock_text=lock_text, force=force)
+                  init=init, lock_text=lock_text, force=force, shard=shard, log_to=log_to)
     mechanisms = [
         *([f"recipe={settings['recipe']}"] if settings.get("recipe") else []),
         removal_summary(train_cfg),

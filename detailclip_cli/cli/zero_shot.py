@@ -53,6 +53,7 @@ def zero_shot(
     out: Annotated[Optional[Path], typer.Option(
         "--out", metavar="DIR", rich_help_panel=opts.OUTPUT, help="With --eval: the folder for the confusion-matrix PNG.")] = None,
     batch_size: opts.BatchSizeOpt = 32,
+    workers: opts.WorkersOpt = None,
     device: opts.DeviceOpt = "auto",
     no_verify: opts.NoVerifyOpt = False,
 ) -> None:
@@ -85,6 +86,7 @@ def zero_shot(
         return
 
     # imported on use, not at the top: --help must not load torch (start-up time)
+    from detailclip_cli.core.use.batching import default_workers
     from detailclip_cli.core.use.templates import resolve_templates
     from detailclip_cli.core.use.zeroshot import build_classifier, classify
 
@@ -101,7 +103,8 @@ def zero_shot(
             len(label_list))
 
     records = []
-    feed = ImageFeed(net, paths, batch_size=batch_size, console=console, description="classify")
+    feed = ImageFeed(net, paths, batch_size=batch_size, console=console, description="classify",
+                     workers=default_workers(len(paths)) if workers is None else workers)
     for batch in feed:
         probs = classify(net, batch.images, classifier).cpu()  # (B, C)
         top = probs.topk(k, dim=1)

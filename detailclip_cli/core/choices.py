@@ -101,6 +101,14 @@ class ExportWeights(StrEnum):
     teacher = "teacher"  # the EMA teacher of a run folder
 
 
+class EmbedWhich(StrEnum):
+    """What ``embed`` writes for each input (``--which``)."""
+
+    image = "image"  # (E,) L2-normalised image embedding
+    text = "text"  # (E,) L2-normalised text embedding
+    patch = "patch"  # (L, D) the image tower's patch tokens, for dense work
+
+
 def one_of(choices: Iterable[str]) -> str:
     """The choices as a message lists them: ``attention, random or none``."""
     names = [str(c) for c in choices]

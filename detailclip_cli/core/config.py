@@ -257,6 +257,11 @@ class TrainConfig:
     hflip: float = 0.0  # probability of a horizontal flip
     blur: tuple[float, float] = (0.1, 0.1)  # Gaussian-blur probability of view 1 and view 2
     solarize: tuple[float, float] = (0.2, 0.2)  # solarisation probability of view 1 and view 2
+    color_jitter: float = 0.4  # colour-jitter strength (0 = off); applied with probability 0.8
+    grayscale: float = 0.2  # probability of a grey view
+    # area fraction range of the random resized crop; None = 0.14-1 (0.35-1 at 96 px and below);
+    # (1.0, 1.0) = no cropping
+    crop_scale: tuple[float, float] | None = None
     # batch_size is the global batch of an optimiser step; it is read as accum_steps micro-batches
     # (per process, under torchrun), with the gradient of the whole batch (core/distributed.py).
     accum_steps: int = 1
@@ -360,7 +365,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.weight_decay_policy not in tuple(DecayPolicy):
             raise ConfigError(f"weight_decay_policy must be {one_of(DecayPolicy)}, not {self.weight_decay_policy!r}")
-        for name in ("hflip", "blur", "solarize"):
+        if self.color_jitter < 0:
+            raise ConfigError(f"color_jitter must be at least 0, got {self.color_jitter}")
+        if self.crop_scale is not None and not (len(self.crop_scale) == 2
+                                                and 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0):
+            raise ConfigError(f"crop_scale must be two area fractions 0 < low <= high <= 1, got {self.crop_scale}")
+        for name in ("hflip", "blur", "solarize", "grayscale"):
             values = getattr(self, name)
             if not all(0.0 <= p <= 1.0 for p in (values if isinstance(values, tuple) else (values,))):
                 raise ConfigError(f"{name} must be probabilities in [0, 1], got {values}")

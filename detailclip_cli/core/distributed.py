@@ -11,8 +11,9 @@ W processes reads its own contiguous slice of G / W samples and splits it into K
 sample i of micro-batch j of process r: the data order, so results do not depend on W or K.
 
 Why the gradient is the single-process one: per-sample losses are means over b samples, and
-the loop backpropagates ``loss / K`` and averages gradients over the W processes, which gives
-the mean over G. The contrastive loss is computed over all G rows on every process (see
+the loop backpropagates ``loss / K`` and PyTorch's engine (DDP, or FSDP2 with ``--shard``:
+``core/training/parallel.py``) averages gradients over the W processes, which gives the mean
+over G. The contrastive loss is computed over all G rows on every process (see
 :class:`BatchShard`); the backward of its gather sums what every process and every
 micro-batch's pass contributed, times K (the ``1 / K`` above), so after the average over W it is
 exactly the gradient of the one global loss.
@@ -33,8 +34,12 @@ TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT
 
 
 def launched_by_torchrun() -> bool:
-    """Whether torchrun (or another launcher setting its variables) started this process with peers."""
-    return all(v in os.environ for v in TORCHRUN_VARS) and int(os.environ["WORLD_SIZE"]) > 1
+    """Whether torchrun (or another launcher setting its variables) started this process.
+
+    ``torchrun --nproc_per_node 1`` counts: its one process joins a group of one, so the run goes
+    through the same engine (DDP, NCCL on a GPU) as a larger one.
+    """
+    return all(v in os.environ for v in TORCHRUN_VARS) and int(os.environ["WORLD_SIZE"]) >= 1
 
 
 def is_distributed() -> bool:
@@ -101,29 +106,6 @@ def mean_across(x: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x)
     return x / world_size()
-
-
-def average_gradients(params: list[torch.Tensor], bucket_bytes: int = 64 << 20) -> None:
-    """Replace each parameter's gradient by its mean over the processes, in a few flat all-reduces.
-
-    Parameters without a gradient are skipped; every process has the same ones (the same graph).
-    """
-    if not is_distributed():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    w = world_size()
-    bucket, size = [], 0
-    for i, g in enumerate(grads):
-        bucket.append(g)
-        size += g.numel() * g.element_size()
-        last = i == len(grads) - 1
-        if size >= bucket_bytes or last or grads[i + 1].dtype != g.dtype or grads[i + 1].device != g.device:
-            flat = torch.cat([t.reshape(-1) for t in bucket])
-            dist.all_reduce(flat)
-            flat /= w
-            for t, chunk in zip(bucket, flat.split([t.numel() for t in bucket])):
-                t.copy_(chunk.view_as(t))
-            bucket, size = [], 0
 
 
 def broadcast_state(module: torch.nn.Module) -> None:

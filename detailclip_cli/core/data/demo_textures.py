@@ -4,9 +4,9 @@ Each 64x64 image is a crop of one of scikit-image's bundled photos with one to t
 painted over it (a disc, a square, a diamond or an ellipse, 18-30 px across: at least 2 x 2
 patches of the tiny preset). Every object in an image carries the same **pattern**, the image's
 class: ``striped``, ``dotted``, ``checkered`` or ``plain``. The pattern is drawn in two colours
-chosen at random from a palette of eight, independently of the class, at a random period,
-orientation and phase, so neither colour nor a fixed pixel layout tells the classes apart: a
-model has to learn what stripes, dots and checks look like. This is the kind of fine, local
+chosen at random from a palette of eight, independently of the class, at a random period and
+phase, along one image axis or the other, so neither colour nor a fixed pixel layout tells the
+classes apart: a model has to learn what stripes, dots and checks look like. This is the kind of fine, local
 property a tiny ViT *can* learn in minutes on two CPU cores (a supervised tiny ViT does; it does
 not learn global shape or digit identity in that budget: see docs/experiments.md).
 
@@ -33,6 +33,10 @@ OBJECT_SIZE_RANGE = (18, 30)  # pixels, inclusive
 # margin for the anti-aliasing-free edge of a shape drawn on the pixel grid.
 MIN_EXTENT = 17
 PERIOD_RANGE = (4.0, 8.0)  # pixels per stripe / dot / check pair
+# Patterns run along the image axes: stripes horizontal or vertical, dots and checks on an
+# upright grid. At any angle a supervised tiny ViT reached 67 % validation accuracy after 450
+# steps; axis-aligned, 82 % after 224 (docs/experiments.md). Period, phase and colours stay random.
+ANGLES = (0.0, np.pi / 2)
 # Two colours of one object must differ this much in luma (0-255) for its pattern to be visible.
 MIN_PATTERN_CONTRAST = 70.0
 COUNT_WORDS = ("one", "two", "three")
@@ -166,9 +170,9 @@ def _shape_mask(shape: str, d: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _pattern(name: str, d: int, rng: np.random.Generator, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """``(d, d, 3)`` float32: pattern ``name`` in two colours, at a random period, angle and phase."""
+    """``(d, d, 3)`` float32: pattern ``name`` in two colours, at a random period, orientation and phase."""
     period = float(rng.uniform(*PERIOD_RANGE))
-    angle = float(rng.uniform(0.0, np.pi))
+    angle = float(ANGLES[int(rng.integers(len(ANGLES)))])
     phase_x, phase_y = rng.uniform(0.0, period, size=2)
     y, x = np.mgrid[0:d, 0:d].astype(np.float32)
     # Coordinates in the pattern's rotated frame, shifted by its phase.

@@ -6,8 +6,6 @@ T text context.
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +13,9 @@ from torch import nn
 from detailclip_cli.core.config import ModelConfig
 from detailclip_cli.core.model.decoder import PixelDecoder
 from detailclip_cli.core.model.heads import ProjectionHead
-from detailclip_cli.core.model.vit import QuickGELU, VisionTransformer
+from detailclip_cli.core.model.text import TextTransformer
+from detailclip_cli.core.model.tokenizer import clip_tokenizer
+from detailclip_cli.core.model.vit import VisionTransformer
 
 
 class DetailCLIP(nn.Module):
@@ -24,7 +24,8 @@ class DetailCLIP(nn.Module):
     Attributes:
         visual: the ViT image tower.
         image_proj: linear map of the image [CLS] token into the shared embedding.
-        text: open_clip's causal ``TextTransformer`` (its ``text_projection`` maps into E).
+        text: the causal text tower, open_clip's ``TextTransformer`` layout and parameter names
+            (:mod:`.text`; its ``text_projection`` maps into E).
         logit_scale: learned log temperature; used as ``exp`` clamped to ``max_logit_scale``.
         decoder: the pixel decoder, or None when reconstruction is off.
         head: the iBOT projection head, or None when distillation is off.
@@ -32,20 +33,13 @@ class DetailCLIP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        from open_clip.transformer import TextTransformer  # heavy import, only when a model is built
-
         cfg.validate()
         self.cfg = cfg
         v = cfg.vision
         self.visual = VisionTransformer(v)
         self.image_proj = nn.Linear(v.width, cfg.embed_dim, bias=False)
         nn.init.normal_(self.image_proj.weight, std=v.width ** -0.5)
-        t = cfg.text
-        self.text = TextTransformer(
-            context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
-            heads=t.heads, layers=t.layers, output_dim=cfg.embed_dim,
-            act_layer=QuickGELU if t.act == "quick_gelu" else nn.GELU,
-        )
+        self.text = TextTransformer(cfg.text, output_dim=cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.decoder = None
         if cfg.decoder is not None:
@@ -75,14 +69,14 @@ class DetailCLIP(nn.Module):
         """The contrastive logit scale: exp(logit_scale) clamped to at most ``max_logit_scale``."""
         return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
 
-    @cached_property
+    @property
     def tokenizer(self):
-        """open_clip's BPE tokenizer at this model's context length: ``tokenizer(list[str]) -> (B, T)``."""
-        from open_clip.tokenizer import SimpleTokenizer
-
-        return SimpleTokenizer(context_length=self.cfg.text.context_length)
+        """CLIP's BPE tokenizer at this model's context length: ``tokenizer(list[str]) -> (B, T)``
+        (equal to open_clip's ``SimpleTokenizer``; the vocabulary is read on first use)."""
+        return clip_tokenizer(self.cfg.text.context_length)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """N texts -> (N, T) token ids."""
         return self.tokenizer(texts)
 
     # -- the image tower as the teacher copies it -----------------------------------------------

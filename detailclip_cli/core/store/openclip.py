@@ -1,8 +1,9 @@
 """Convert an open_clip ViT CLIP model into a :class:`DetailCLIP`, exactly.
 
 Our image tower uses timm's parameter names and can switch on CLIP's layout (``pre_norm`` for
-``ln_pre``, LayerNorm eps 1e-5, QuickGELU, a bias-free patch embedding), and our text tower *is*
-open_clip's ``TextTransformer``, so a plain open_clip ViT CLIP maps one-to-one:
+``ln_pre``, LayerNorm eps 1e-5, QuickGELU, a bias-free patch embedding), and our text tower has
+open_clip's ``TextTransformer`` parameter names (:mod:`detailclip_cli.core.model.text`), so a plain
+open_clip ViT CLIP maps one-to-one:
 
 =====================================================  ==============================================
 open_clip                                              DetailCLIP
@@ -200,7 +201,7 @@ def convert_state_dict(oc_model: nn.Module, *, num_blocks: int) -> dict[str, tor
     out["visual.pos_embed"] = src[v + "positional_embedding"].unsqueeze(0)  # (1+L, D) -> (1, 1+L, D)
     out["image_proj.weight"] = src[v + "proj"].T.contiguous()  # (D, E) -> (E, D)
 
-    # The text tower is open_clip's own class: only the prefix changes.
+    # The text tower has open_clip's parameter names: only the prefix changes.
     text_prefix = "text." if _has_text_module(oc_model) else ""
     for key, value in src.items():
         if key.startswith(text_prefix) and key[len(text_prefix):].startswith(TEXT_KEYS):

@@ -20,6 +20,7 @@ from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.store.lock import FileLock, released_on_error
 from detailclip_cli.core.store.lookup import resolve_model
 from detailclip_cli.core.store.run import RunFolder
+from detailclip_cli.core.training.loggers import LogTo
 from detailclip_cli.core.training.loop import TrainingRun, fit
 from detailclip_cli.core.training.trainset import prepare
 
@@ -101,7 +102,8 @@ def load_teacher(spec: str, *, pretrained: str | None = None, out_dir: Path | No
 def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
             device: str = "auto", teacher: str | None = None, pretrained: str | None = None,
             method: str | None = None, local_crops: int | None = None, local_size: int | None = None,
-            resume: bool = False, settings: dict[str, Any] | None = None, force: bool = False) -> TrainingRun:
+            resume: bool = False, settings: dict[str, Any] | None = None, force: bool = False,
+            shard: bool = False, log_to: LogTo | None = None) -> TrainingRun:
     """Distil a student image tower: set the run up now, and return an iterator of its steps.
 
     Without ``teacher``: the image-only objective ``method`` (:data:`OBJECTIVES`; ``ibot``,
@@ -126,6 +128,8 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
         resume: continue the run in ``out_dir`` (the teacher is restored from its state).
         settings: extra settings to record in ``run.json``.
         force: start in an ``out_dir`` that holds files, moving them aside (``RunFolder.create``).
+        shard: under torchrun, FSDP2 instead of DDP (:mod:`~detailclip_cli.core.training.parallel`).
+        log_to: loggers besides ``metrics.jsonl`` (:class:`~detailclip_cli.core.training.loggers.LogTo`).
 
     Raises:
         ConfigError, DataError, ModelLoadError: at the call, for unusable settings, data or teacher.
@@ -138,12 +142,13 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
     with released_on_error(lock):
         return _distill(student_cfg, cfg, data=data, out_dir=out_dir, device=device, teacher=teacher,
                         pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
-                        resume=resume, settings=settings, lock=lock)
+                        resume=resume, settings=settings, lock=lock, shard=shard, log_to=log_to)
 
 
 def _distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path, out_dir: Path, device: str,
              teacher: str | None, pretrained: str | None, method: str | None, local_crops: int | None,
-             local_size: int | None, resume: bool, settings: dict[str, Any] | None, lock: FileLock) -> TrainingRun:
+             local_size: int | None, resume: bool, settings: dict[str, Any] | None, lock: FileLock,
+             shard: bool, log_to: LogTo | None) -> TrainingRun:
     """:func:`distill` once its run folder is claimed."""
     v = student_cfg.vision
     if teacher is not None and method is not None:
@@ -187,4 +192,4 @@ def _distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path, ou
     if teacher_model is not None:
         record["teacher_model"] = teacher_model.cfg.to_dict()
     return fit(objective, dataset, cfg=cfg, data=data, out_dir=out_dir, device=dev, resume=resume,
-               settings=record, lock=lock)
+               settings=record, lock=lock, shard=shard, log_to=log_to)

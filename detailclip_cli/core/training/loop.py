@@ -25,7 +25,6 @@ from detailclip_cli.core.distributed import (
     BatchShard,
     all_gather_rows,
     any_across,
-    average_gradients,
     barrier,
     broadcast_state,
     is_main_process,
@@ -37,7 +36,9 @@ from detailclip_cli.core.method.losses import deferred_center_updates
 from detailclip_cli.core.model.vit import Block
 from detailclip_cli.core.store.lock import FileLock
 from detailclip_cli.core.store.run import RunFolder
+from detailclip_cli.core.training.loggers import Logger, LogTo
 from detailclip_cli.core.training.optim import build_optimizer, lr_at
+from detailclip_cli.core.training.parallel import Parallel, parallelize
 from detailclip_cli.errors import Interrupted, TrainingError
 
 
@@ -180,7 +181,7 @@ class TrainingRun:
 def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, out_dir: Path,
         device: torch.device, resume: bool = False, settings: dict[str, Any] | None = None,
         metrics: Callable[[int], dict[str, float]] | None = None, force: bool = False,
-        lock: FileLock | None = None) -> TrainingRun:
+        lock: FileLock | None = None, shard: bool = False, log_to: LogTo | None = None) -> TrainingRun:
     """Set up the optimiser and the run folder (or resume it) for any objective, and return its steps.
 
     Args:
@@ -198,6 +199,10 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
             (:meth:`RunFolder.create`).
         lock: the folder's lock, when the caller claimed it already (:meth:`RunFolder.claim`);
             else it is claimed here. The returned run holds it.
+        shard: under torchrun, shard parameters, gradients and optimiser state over the
+            processes (FSDP2) instead of replicating them (DDP); see :mod:`.parallel`.
+        log_to: where rank 0 also sends each ``metrics.jsonl`` row, and pictures (see
+            :mod:`.loggers`); the loggers open with the run and close when its steps end.
 
     Raises:
         LockedError: another process is writing the folder.
@@ -207,7 +212,7 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
     lock = lock if lock is not None else run.claim(resume=resume, force=force)
     try:
         return _fit(objective, dataset, run, lock, cfg=cfg, data=data, device=device, resume=resume,
-                    settings=settings, metrics=metrics)
+                    settings=settings, metrics=metrics, shard=shard, log_to=log_to or LogTo())
     except BaseException:
         lock.release()
         raise
@@ -215,13 +220,15 @@ def fit(objective: Objective, dataset, *, cfg: TrainConfig, data: str | Path, ou
 
 def _fit(objective: Objective, dataset, run: RunFolder, lock: FileLock, *, cfg: TrainConfig, data: str | Path,
          device: torch.device, resume: bool, settings: dict[str, Any] | None,
-         metrics: Callable[[int], dict[str, float]] | None) -> TrainingRun:
+         metrics: Callable[[int], dict[str, float]] | None, shard: bool, log_to: LogTo) -> TrainingRun:
     """:func:`fit` once the folder is claimed."""
     world, main = world_size(), is_main_process()
     if cfg.batch_size % (world * cfg.accum_steps):
         raise ConfigError(f"the batch size {cfg.batch_size} (global, of all processes) does not split evenly "
                           f"into {world} processes x {cfg.accum_steps} micro-batches")
-    optimizer = build_optimizer(objective, cfg)
+    broadcast_state(objective)  # seeded alike already; this makes sure every process starts from rank 0's
+    parallel = parallelize(objective, shard=shard, device=device)
+    optimizer = build_optimizer(objective, cfg)  # after sharding, which replaces the parameters
     # The fp16 loss scaler (the identity otherwise) is part of the checkpoint, so a resumed fp16
     # run goes on with the scale it had reached, as an uninterrupted one would.
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg.precision, device) is torch.float16)
@@ -232,25 +239,26 @@ def _fit(objective: Objective, dataset, run: RunFolder, lock: FileLock, *, cfg: 
         if main:
             run.recover()
         barrier()
-        start = run.load_checkpoint(objective, optimizer, scaler)
+        start = parallel.load(run, optimizer, scaler)
         if main:
             run.truncate_metrics(start)
     elif main:
         aside = run.create({
             "data": str(data), "device": str(device), "processes": world, "detailclip_version": __version__,
+            **({"sharded": True} if parallel.mode == "sharded" else {}),
             "torch_version": torch.__version__, **(settings or {}),
             "model": objective.model.cfg.to_dict(), "train": cfg.to_dict(),
             **({"data_report": {**report.counts(), "examples": report.examples}} if report else {}),
         })
-    broadcast_state(objective)  # seeded alike already; this makes sure every process starts from rank 0's
     if cfg.compile:
         compile_blocks(objective)
     batches = iterate_batches(dataset, cfg, start, rank=rank(), world_size=world, pin_memory=device.type == "cuda")
     metrics = metrics or getattr(objective, "extra_metrics", None)
     # Setup errors (data, config, resume) surface here, at the call; the steps run on iteration.
     stop = {"requested": False}
-    steps = _loop(objective, optimizer, batches, cfg=cfg, start=start, device=device, run=run,
-                  metrics=metrics, stop=stop, scaler=scaler)
+    loggers = log_to.open(run.path, run.recorded()) if main and log_to.names else []
+    steps = _loop(parallel, optimizer, batches, cfg=cfg, start=start, device=device, run=run,
+                  metrics=metrics, stop=stop, scaler=scaler, loggers=loggers)
     return TrainingRun(steps, objective, start, stop, data_report=report, lock=lock, moved_aside=aside)
 
 
@@ -307,30 +315,45 @@ def _fill_bank(objective: Objective, micro_batches: list[dict], shards: list[Bat
         shard.bank = bank
 
 
-def _save_from_main(run: RunFolder, objective: Objective, optimizer: torch.optim.Optimizer, step: int,
+def _save_from_main(run: RunFolder, parallel: Parallel, optimizer: torch.optim.Optimizer, step: int,
                     device: torch.device, scaler: torch.amp.GradScaler | None = None) -> None:
-    """:meth:`RunFolder.save_checkpoint` on rank 0; when it fails, every process stops (they all learn it)."""
+    """:meth:`Parallel.save` (rank 0 writes); when it fails, every process stops (they all learn it)."""
     error = None
-    if is_main_process():
-        try:
-            run.save_checkpoint(objective, optimizer, step, scaler)
-        except TrainingError as exc:
-            error = exc
+    try:
+        parallel.save(run, optimizer, step, scaler)
+    except TrainingError as exc:
+        error = exc
     if any_across(error is not None, device):
         raise error or TrainingError(f"rank 0 could not save the checkpoint of step {step}")
 
 
-def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
+def _loop(parallel: Parallel, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
           cfg: TrainConfig, start: int, device: torch.device, run: RunFolder,
           metrics: Callable[[int], dict[str, float]] | None = None,
-          stop: dict | None = None, scaler: torch.amp.GradScaler | None = None) -> Iterator[StepInfo]:
-    """The steps themselves: forward and backward of each micro-batch, finiteness check, gradient
-    average over the processes, optimiser, EMA, checkpoint, log (the last two on rank 0).
+          stop: dict | None = None, scaler: torch.amp.GradScaler | None = None,
+          loggers: list[Logger] | None = None) -> Iterator[StepInfo]:
+    """The steps themselves: forward and backward of each micro-batch (gradients reduced over the
+    processes by DDP or FSDP2 during the last one's backward), finiteness check, optimiser, EMA,
+    checkpoint, log (the last two on rank 0).
 
     ``stop["requested"]``, checked between steps, saves the last whole step and raises
     :class:`Interrupted` (a step is never cut in half, so the checkpoint is always consistent).
     """
     stop = stop if stop is not None else {"requested": False}
+    objective, loggers = parallel.objective, loggers or []
+    try:
+        yield from _steps(parallel, objective, optimizer, batches, cfg=cfg, start=start, device=device, run=run,
+                          metrics=metrics, stop=stop, scaler=scaler, loggers=loggers)
+    finally:
+        for logger in loggers:
+            logger.close()
+
+
+def _steps(parallel: Parallel, objective: Objective, optimizer: torch.optim.Optimizer, batches: Iterator[dict], *,
+           cfg: TrainConfig, start: int, device: torch.device, run: RunFolder,
+           metrics: Callable[[int], dict[str, float]] | None, stop: dict,
+           scaler: torch.amp.GradScaler | None, loggers: list[Logger]) -> Iterator[StepInfo]:
+    """:func:`_loop`'s steps (it closes the loggers whatever happens)."""
     dev = device
     params = [p for group in optimizer.param_groups for p in group["params"]]
     amp_dtype = autocast_dtype(cfg.precision, dev)
@@ -353,7 +376,7 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
         tally = _tally(len(batch["view1"]) if "view1" in batch else 0, len(unreadable), stop["requested"], dev)
         if tally.stop:
             if step > start:
-                _save_from_main(run, objective, optimizer, step, dev, scaler)
+                _save_from_main(run, parallel, optimizer, step, dev, scaler)
             raise Interrupted(f"stopped at step {step}; the checkpoint is saved, continue with "
                               f"`detailclip pretrain --resume {run.path}` (or `distill --resume`)")
         bad_count += tally.bad
@@ -373,7 +396,7 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
             # checkpoint due now is still written, so the last step always saves.
             skipped += 1
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                _save_from_main(run, objective, optimizer, step + 1, dev, scaler)
+                _save_from_main(run, parallel, optimizer, step + 1, dev, scaler)
             continue
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
@@ -390,11 +413,14 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         with deferred_center_updates(objective):  # centres move once per step, by the whole batch
-            for mb, shard in zip(micro_batches, shards):
+            for j, (mb, shard) in enumerate(zip(micro_batches, shards)):
                 views = {k: v for k, v in mb.items() if k not in _POSITIONAL_KEYS}
-                with autocast():
-                    out = objective(mb["view1"], mb["view2"], mb.get("text"), step=step, shard=shard, **views)
-                scaler.scale(out["loss"] / accum).backward()  # the scaler is the identity unless fp16
+                # Only the last micro-batch's backward reduces the (accumulated) gradients.
+                with parallel.micro_batch(last=j == accum - 1):
+                    with autocast():
+                        out = parallel.module(mb["view1"], mb["view2"], mb.get("text"), step=step, shard=shard,
+                                              **views)
+                    scaler.scale(out["loss"] / accum).backward()  # the scaler is the identity unless fp16
                 for k, val in out.items():
                     sums[k] = sums.get(k, 0) + val.detach().float() / accum
         names = list(sums)
@@ -404,10 +430,10 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
             term = bad[0] if bad else "loss"
             name = "the total loss" if term == "loss" else f"the {term} loss"
             raise TrainingError(f"{name} became {losses[term].item()} at step {step + 1}; stopped, {run.kept()}")
-        average_gradients(params)
+        parallel.reduce_replicated()
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            parallel.clip_grad_norm_(params, cfg.grad_clip)
         scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
         scaler.update()
         momentum = objective.update_teacher(step)
@@ -429,9 +455,14 @@ def _loop(objective: Objective, optimizer: torch.optim.Optimizer, batches: Itera
             # Logged before the checkpoint: a crash in between leaves a line past the checkpoint,
             # which a resume drops and logs again, never a checkpoint whose line is missing.
             if main:
-                run.append_metrics(metrics_row(info))
+                row = metrics_row(info)
+                run.append_metrics(row)
+                for logger in loggers:
+                    logger.log_metrics(row)
+        for logger in loggers:  # rank 0's only (the others have none); each keeps its own interval
+            logger.log_pictures(done, objective.model)
         if saved:
-            _save_from_main(run, objective, optimizer, done, dev, scaler)
+            _save_from_main(run, parallel, optimizer, done, dev, scaler)
         if info is not None:
             yield info
 

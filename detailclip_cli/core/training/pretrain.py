@@ -12,13 +12,15 @@ from detailclip_cli.core.model.detailclip import DetailCLIP
 from detailclip_cli.core.store.init_weights import copy_clip_weights_, lock_text_
 from detailclip_cli.core.store.lock import FileLock, released_on_error
 from detailclip_cli.core.store.run import RunFolder
+from detailclip_cli.core.training.loggers import LogTo
 from detailclip_cli.core.training.loop import TrainingRun, fit
 from detailclip_cli.core.training.trainset import prepare
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo", out_dir: Path,
           device: str = "auto", resume: bool = False, settings: dict[str, Any] | None = None,
-          init: DetailCLIP | None = None, lock_text: bool = False, force: bool = False) -> TrainingRun:
+          init: DetailCLIP | None = None, lock_text: bool = False, force: bool = False,
+          shard: bool = False, log_to: LogTo | None = None) -> TrainingRun:
     """Pretrain DetailCLIP: set the run up now, and return an iterator of its steps.
 
     The returned iterator yields a :class:`StepInfo` every ``cfg.log_every`` steps. Bad data,
@@ -36,6 +38,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
             teacher) starts from; ``model_cfg`` must have its towers (``init_model_config``).
         lock_text: freeze the text tower (kept out of the optimiser, so it never changes).
         force: start in an ``out_dir`` that holds files, moving them aside (``RunFolder.create``).
+        shard: under torchrun, FSDP2 instead of DDP (:mod:`~detailclip_cli.core.training.parallel`).
+        log_to: loggers besides ``metrics.jsonl`` (:class:`~detailclip_cli.core.training.loggers.LogTo`).
 
     Raises:
         ConfigError, DataError: at the call, for unusable settings or data.
@@ -47,12 +51,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "demo"
     lock = RunFolder(out_dir).claim(resume=resume, force=force)
     with released_on_error(lock):
         return _train(model_cfg, cfg, data=data, out_dir=out_dir, device=device, resume=resume,
-                      settings=settings, init=init, lock_text=lock_text, lock=lock)
+                      settings=settings, init=init, lock_text=lock_text, lock=lock,
+                      shard=shard, log_to=log_to)
 
 
 def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path, out_dir: Path, device: str,
            resume: bool, settings: dict[str, Any] | None, init: DetailCLIP | None, lock_text: bool,
-           lock: FileLock) -> TrainingRun:
+           lock: FileLock, shard: bool, log_to: LogTo | None) -> TrainingRun:
     """:func:`train` once its run folder is claimed."""
     dev, train_data, cfg = prepare(model_cfg, cfg, device=device, data=data)
     model = DetailCLIP(model_cfg)
@@ -67,4 +72,4 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path, out_di
         return {"logit_scale": model.scale().item(), "teacher_temp_patch": objective.teacher_temp_patch(step)}
 
     return fit(objective, dataset, cfg=cfg, data=data, out_dir=out_dir, device=dev, resume=resume,
-               settings=settings, metrics=metrics, lock=lock)
+               settings=settings, metrics=metrics, lock=lock, shard=shard, log_to=log_to)

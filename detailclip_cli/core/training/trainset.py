@@ -24,10 +24,13 @@ from detailclip_cli.core.training.loop import check_batch_fits
 
 
 def train_augment(image_size: int, chiral: bool, cfg: TrainConfig | None = None) -> AugmentConfig:
-    """The two global views' augmentation at ``image_size``, with the flip, blur and solarize
-    probabilities of ``cfg`` (else the defaults); never mirrored for ``chiral`` data (the demo
+    """The two global views' augmentation at ``image_size``, with the flip, blur, solarize,
+    jitter, grey and crop settings of ``cfg`` (else the defaults); never mirrored for ``chiral`` data (the demo
     set's digits: a mirrored view would not show the digit its caption names)."""
-    strengths = {} if cfg is None else {"hflip": cfg.hflip, "blur": cfg.blur, "solarize": cfg.solarize}
+    strengths = {} if cfg is None else {"hflip": cfg.hflip, "blur": cfg.blur, "solarize": cfg.solarize,
+                                        "color_jitter": cfg.color_jitter, "grayscale": cfg.grayscale}
+    if cfg is not None and cfg.crop_scale is not None:
+        strengths["crop_scale"] = tuple(cfg.crop_scale)
     aug = AugmentConfig.for_image_size(image_size, **strengths)
     if chiral:
         aug = dataclasses.replace(aug, hflip=0.0)

@@ -3,14 +3,102 @@ batches with their unreadable images skipped and counted."""
 
 from __future__ import annotations
 
+import os
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from detailclip_cli.core.data import DataError, load_image, make_eval_transform
+from detailclip_cli.core.data import DataError, decode_image, is_image_file, load_image, make_eval_transform
 from detailclip_cli.errors import WorkFailedError
+
+MAX_DEFAULT_WORKERS = 8  # beyond this, decoding small images no longer keeps up with the fork cost
+
+
+def default_workers(num_items: int | None = None) -> int:
+    """``--workers``' default: one process per core beyond the main one (at most
+    :data:`MAX_DEFAULT_WORKERS`), none for a handful of images, where starting workers costs
+    more than it saves."""
+    if num_items is not None and num_items < 64:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """An image inside an uncompressed tar file (a webdataset shard), read by offset.
+
+    Attributes:
+        tar: the tar file. name: the member's name. offset, size: where its bytes lie.
+    """
+
+    tar: Path
+    name: str
+    offset: int
+    size: int
+
+    def __str__(self) -> str:  # the image's id: ``shard.tar/key.jpg``
+        return f"{self.tar}/{self.name}"
+
+    def read(self) -> bytes:
+        with open(self.tar, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+ImageSource = Path | TarMember
+
+
+def image_sources(paths: Sequence[Path]) -> list[ImageSource]:
+    """Paths with each ``.tar`` file replaced by its image members, in the order stored.
+
+    Raises:
+        DataError: a ``.tar`` file that cannot be read as a tar archive (the message names it).
+    """
+    out: list[ImageSource] = []
+    for path in paths:
+        if Path(path).suffix.lower() != ".tar":
+            out.append(Path(path))
+            continue
+        try:
+            with tarfile.open(path, "r:") as tar:
+                out += [TarMember(Path(path), m.name, m.offset_data, m.size)
+                        for m in tar.getmembers() if m.isfile() and is_image_file(Path(m.name))]
+        except (OSError, tarfile.TarError) as exc:
+            raise DataError(f"{path}: not a readable tar file ({exc})") from None
+    return out
+
+
+def load_source(source: ImageSource):
+    """A PIL image from a file or a tar member (:class:`DataError` naming it when unreadable)."""
+    if isinstance(source, TarMember):
+        try:
+            data = source.read()
+        except OSError as exc:
+            raise DataError(f"{source}: {exc.strerror or exc}") from None
+        return decode_image(data, str(source))
+    return load_image(source)
+
+
+class ImageSourceDataset(torch.utils.data.Dataset):
+    """Images by index for a ``DataLoader``: ``{"image": (3, S, S), "index": i}``, or
+    ``{"bad": message, "index": i}`` for one that cannot be read (never raised, so a worker
+    survives a bad file and the batch keeps its order)."""
+
+    def __init__(self, sources: Sequence[ImageSource], transform: Callable):
+        self.sources, self.transform = list(sources), transform
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return {"image": self.transform(load_source(self.sources[i])), "index": i}
+        except DataError as exc:
+            return {"bad": " ".join(str(exc).split()), "index": i}
 
 
 @dataclass
@@ -18,34 +106,48 @@ class ImageBatch:
     """Images that loaded, and the ones that did not.
 
     Attributes:
-        paths: the loaded images' paths, in input order.
+        paths: the loaded images' paths (or tar members), in input order.
         images: (B, 3, S, S) normalised tensors (S = the model's image size); None when none loaded.
         errors: ``(path, message)`` for each input that could not be read.
+        indices: the loaded images' positions in the input list.
     """
 
-    paths: list[Path]
+    paths: list[ImageSource]
     images: torch.Tensor | None
-    errors: list[tuple[Path, str]]
+    errors: list[tuple[ImageSource, str]]
+    indices: list[int] = field(default_factory=list)
 
 
-def iter_image_batches(paths: Sequence[Path], *, image_size: int, mean: Sequence[float],
-                       std: Sequence[float], batch_size: int = 32) -> Iterator[ImageBatch]:
+def iter_image_batches(paths: Sequence[ImageSource], *, image_size: int, mean: Sequence[float],
+                       std: Sequence[float], batch_size: int = 32, workers: int = 0,
+                       batches: Sequence[Sequence[int]] | None = None) -> Iterator[ImageBatch]:
     """Load, resize (shorter side, then centre crop) and normalise images, ``batch_size`` at a time.
 
-    Unreadable files are reported in ``errors``, never raised, so one bad file does not stop
-    the rest.
+    Images are decoded by ``workers`` ``DataLoader`` processes (0: in this process) and come
+    back in input order. Unreadable files are reported in ``errors``, never raised, so one bad
+    file does not stop the rest.
+
+    Args:
+        paths: image files or tar members.
+        batches: the input indices of each batch, when the caller fixes them (chunked embedding
+            keeps a batch inside its chunk); default consecutive runs of ``batch_size``.
     """
-    transform = make_eval_transform(image_size=image_size, mean=mean, std=std)
-    for start in range(0, len(paths), batch_size):
-        ok, tensors, errors = [], [], []
-        for path in paths[start:start + batch_size]:
-            try:
-                tensors.append(transform(load_image(path)))
-            except DataError as exc:
-                errors.append((Path(path), str(exc)))
-                continue
-            ok.append(Path(path))
-        yield ImageBatch(ok, torch.stack(tensors) if tensors else None, errors)
+    from torch.utils.data import DataLoader
+
+    dataset = ImageSourceDataset(paths, make_eval_transform(image_size=image_size, mean=mean, std=std))
+    if batches is None:
+        batches = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=workers,
+                        collate_fn=_image_batch)
+    for ok, images, errors in loader:
+        yield ImageBatch([paths[i] for i in ok], images, [(paths[i], message) for i, message in errors], ok)
+
+
+def _image_batch(items: list[dict]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """Collate: (indices of readable images, (b, 3, S, S) or None, (index, message) of unreadable ones)."""
+    good = [item for item in items if "bad" not in item]
+    images = torch.stack([item["image"] for item in good]) if good else None
+    return [item["index"] for item in good], images, [(item["index"], item["bad"]) for item in items if "bad" in item]
 
 
 def load_images(paths: Sequence[str | Path], model) -> torch.Tensor:

@@ -3,11 +3,13 @@ and the patch tokens of the image tower's last blocks."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from detailclip_cli.core.device import autocast_dtype
 from detailclip_cli.core.use.batching import SkipLog, eval_batches
 
 
@@ -74,6 +76,31 @@ def encode_images(model, images: torch.Tensor) -> torch.Tensor:
         (B, E) L2-normalised embeddings.
     """
     return model.embed_cls(image_tokens(model, images)[0])
+
+
+def inference_autocast(model):
+    """bf16 autocast on a GPU (the embeddings come back as float32), nothing on the CPU."""
+    device = model.logit_scale.device
+    dtype = autocast_dtype("auto", device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def embed_image_batch(model, images: torch.Tensor, which: str = "image") -> torch.Tensor:
+    """One batch of images as ``embed`` writes them, in float32 on the CPU.
+
+    Args:
+        model: a :class:`DetailCLIP`.
+        images: (B, 3, S, S) normalised images on the model's device.
+        which: ``image`` for (B, E) L2-normalised embeddings; ``patch`` for (B, L, D) patch
+            tokens after the tower's final norm (the features the dense probe reads), not normalised.
+    """
+    with inference_autocast(model):
+        if which == "patch":
+            out = image_tokens(model, images)[0][:, 1:]  # (B, 1 + L, D) -> (B, L, D)
+        else:
+            out = encode_images(model, images)  # (B, E)
+    return out.float().cpu()
 
 
 @torch.no_grad()

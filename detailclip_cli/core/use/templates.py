@@ -22,16 +22,22 @@ class TemplateError(UsageError, ValueError):
     """Templates or labels that cannot be used; one line for people."""
 
 
-def template_sets() -> dict[str, Sequence[Callable[[str], str]]]:
-    """The named template sets: ``default`` (ours), ``demo`` (the demo digits), open_clip's ImageNet sets."""
-    import open_clip  # heavy import, only when templates are looked up
+OPEN_CLIP_SETS = ("openai_imagenet", "simple_imagenet")  # read from open_clip, only when named
 
-    return {
+
+def template_sets(*, with_open_clip: bool = True) -> dict[str, Sequence[Callable[[str], str]]]:
+    """The named template sets: ``default`` (ours), ``demo`` (the demo set's), and (``with_open_clip``)
+    open_clip's ImageNet sets, whose import costs seconds, so a command that names none skips it."""
+    sets = {
         "default": [_fill(t) for t in DEFAULT_TEMPLATES],
         "demo": [_fill(t) for t in demo_templates()],
-        "openai_imagenet": list(open_clip.OPENAI_IMAGENET_TEMPLATES),
-        "simple_imagenet": list(open_clip.SIMPLE_IMAGENET_TEMPLATES),
     }
+    if with_open_clip:
+        import open_clip  # heavy import, only when its template sets are asked for
+
+        sets["openai_imagenet"] = list(open_clip.OPENAI_IMAGENET_TEMPLATES)
+        sets["simple_imagenet"] = list(open_clip.SIMPLE_IMAGENET_TEMPLATES)
+    return sets
 
 
 def _fill(template: str) -> Callable[[str], str]:
@@ -65,7 +71,7 @@ def resolve_templates(spec: str | None, *, data: str | None = None) -> list[Call
     Returns:
         Callables mapping a label to a prompt.
     """
-    sets = template_sets()
+    sets = template_sets(with_open_clip=spec in OPEN_CLIP_SETS)
     if spec is None:
         version = demo_version(data) if data is not None else None
         return [_fill(t) for t in demo_templates(version)] if version else list(sets["default"])
@@ -73,7 +79,7 @@ def resolve_templates(spec: str | None, *, data: str | None = None) -> list[Call
         return list(sets[spec])
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise TemplateError(f"--templates {spec}: not a template set ({', '.join(sets)}) nor a file")
+        raise TemplateError(f"--templates {spec}: not a template set ({', '.join([*sets, *OPEN_CLIP_SETS])}) nor a file")
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from detailclip_cli.core.use.batching import SkipLog
-from detailclip_cli.core.use.embed import embed_eval_set
+from detailclip_cli.core.use.embed import embed_eval_set, inference_autocast
 from detailclip_cli.core.use.metrics import (
     confusion_matrix,
     mean_per_class_recall,
@@ -29,8 +29,9 @@ def build_classifier(model, labels: Sequence[str], templates: Sequence[Callable[
                      batch_size: int = 256) -> torch.Tensor:
     """Zero-shot classifier weights: per label, the mean of its normalised template embeddings.
 
-    This is open_clip's ``build_zero_shot_classifier`` (the mean is renormalised), fed our
-    tokenizer and whole labels per text-tower call.
+    open_clip's ``build_zero_shot_classifier`` (the same arithmetic, in the same order), fed our
+    tokenizer and whole labels per text-tower call; written here so that zero-shot never imports
+    open_clip.
 
     Args:
         model: a :class:`DetailCLIP`.
@@ -41,14 +42,17 @@ def build_classifier(model, labels: Sequence[str], templates: Sequence[Callable[
     Returns:
         (C, E) unit-norm class embeddings.
     """
-    import open_clip  # heavy import, only when a classifier is built
-
-    weights = open_clip.build_zero_shot_classifier(
-        model, model.tokenize, [label.replace("_", " ") for label in labels], list(templates),
-        num_classes_per_batch=max(1, batch_size // len(templates)), device=model.logit_scale.device,
-    )  # (E, C)
-    # Contiguous like the rows it replaces, so `classify`'s matmul sees the same layout.
-    return weights.T.contiguous()  # (E, C) -> (C, E)
+    device = model.logit_scale.device
+    names = [label.replace("_", " ") for label in labels]
+    per_call = max(1, batch_size // len(templates))
+    rows = []
+    for start in range(0, len(names), per_call):
+        chunk = names[start:start + per_call]
+        prompts = [template(name) for name in chunk for template in templates]
+        emb = model.encode_text(model.tokenize(prompts).to(device), normalize=True)  # (c * T, E)
+        emb = emb.reshape(len(chunk), len(templates), -1).mean(dim=1)  # (c, T, E) -> (c, E)
+        rows.append(emb / emb.norm(dim=1, keepdim=True))
+    return torch.cat(rows).contiguous()  # (C, E)
 
 
 @torch.no_grad()
@@ -63,8 +67,9 @@ def classify(model, images: torch.Tensor, classifier: torch.Tensor) -> torch.Ten
     Returns:
         (B, C) probabilities (rows sum to 1).
     """
-    image_emb = model.encode_image(images)  # (B, E), unit norm
-    logits = model.scale() * image_emb @ classifier.T  # (B, C)
+    with inference_autocast(model):  # bf16 on a GPU
+        image_emb = model.encode_image(images).float()  # (B, E), unit norm
+    logits = model.scale() * image_emb @ classifier.float().T  # (B, C)
     return logits.float().softmax(dim=-1)
 
 

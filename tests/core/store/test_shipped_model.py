@@ -67,7 +67,7 @@ def test_commands_default_to_the_shipped_model(demo_cache, command, tmp_path):
     from detailclip_cli.cli import app
     from detailclip_cli.core.data import demo_root, is_image_file
 
-    image = sorted(p for p in (demo_root() / "val" / "red").iterdir() if is_image_file(p))[0]
+    image = sorted(p for p in (demo_root() / "val" / "striped").iterdir() if is_image_file(p))[0]
     result = CliRunner().invoke(app, [*command, str(image), "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "detailclip-tiny" in result.output

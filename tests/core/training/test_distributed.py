@@ -240,3 +240,73 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(config_file):
     assert ga.keys() == gb.keys() and any("text" in n for n in ga)
     for n in ga:
         torch.testing.assert_close(gb[n], ga[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_gradients_are_reduced_by_ddp_once_per_step(demo_cache, config_file, tmp_path, monkeypatch):
+    """In a process group, DDP's reducer averages the gradients (its communication hook sees every
+    trained parameter, once per step: the first micro-batch runs under ``no_sync``), and no
+    Python-level all-reduce of a gradient remains (the loop's own all-reduces are a few numbers)."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    import detailclip_cli.core.distributed as distributed
+
+    assert not hasattr(distributed, "average_gradients")
+    reduced: list[int] = []  # parameters in each bucket DDP all-reduced
+    wrapped: list[torch.nn.parallel.DistributedDataParallel] = []
+
+    class RecordingDDP(torch.nn.parallel.DistributedDataParallel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            wrapped.append(self)
+
+            def hook(state, bucket):
+                reduced.append(len(bucket.parameters()))
+                in_hook.append(True)  # the hook's own all-reduce is DDP's, not the loop's
+                try:
+                    return allreduce_hook(state, bucket)
+                finally:
+                    in_hook.pop()
+
+            self.register_comm_hook(None, hook)
+
+    python_all_reduces: list[int] = []
+    in_hook: list[bool] = []
+    real_all_reduce = dist.all_reduce
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", RecordingDDP)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: (in_hook or python_all_reduces.append(t.numel()),
+                                                                  real_all_reduce(t, *a, **k))[1])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model_cfg, train_cfg = configs(config_file, accum_steps=2, steps=2)
+        run = train(model_cfg, train_cfg, data="demo", out_dir=tmp_path / "run", device="cpu")
+        list(run)
+        trained = sum(1 for p in run.objective.parameters() if p.requires_grad)
+    finally:
+        dist.destroy_process_group()
+    assert len(wrapped) == 1 and wrapped[0].module is run.objective
+    # Two steps, each reducing every trained parameter once (bucket sizes sum to all of them).
+    assert sum(reduced) == 2 * trained
+    assert python_all_reduces and max(python_all_reduces) < 1000
+    # The checkpoint keeps the plain objective's parameter names (no "module." prefix).
+    assert not any(k.startswith("module.") for k in load_file(tmp_path / "run" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_sharded_two_processes_equal_one_process_and_resume_on_one(single_run, config_file, tmp_path):
+    """FSDP2 (--shard) over 2 processes gives the 1-process losses and weights; its checkpoint is the
+    plain one (gathered), and one process resumes it as it resumes the 1-process run."""
+    out = tmp_path / "sharded"
+    torchrun("pretrain", "--config", str(config_file), "--out", str(out), "--device", "cpu", "--shard")
+    recorded = RunFolder(out).recorded()
+    assert recorded["processes"] == 2 and recorded["sharded"] is True
+    assert_same_losses(single_run, out)
+    assert_same_weights(single_run, out)
+    for run in (single_run, out):
+        resumed = tmp_path / f"resumed-{run.name}"
+        shutil.copytree(run, resumed)
+        model_cfg, train_cfg, _ = RunFolder(resumed).settings()
+        train_cfg.steps = STEPS + 2
+        assert [i.step for i in train(model_cfg, train_cfg, out_dir=resumed, device="cpu", resume=True)] == [4, 5]
+    assert_same_losses(tmp_path / f"resumed-{single_run.name}", tmp_path / "resumed-sharded")
+    assert_same_weights(tmp_path / f"resumed-{single_run.name}", tmp_path / "resumed-sharded", steps=STEPS + 2)
