@@ -36,7 +36,7 @@ DataOpt = Annotated[str, typer.Option(
     "--data", metavar="PATH", rich_help_panel=DATA,
     help="Training data: 'demo', a folder (images + .txt captions, or class sub-folders), a CSV/TSV file, "
     "or webdataset tar shards ('shards/{000000..000099}.tar', one .tar, or a folder of them; see "
-    "`detailclip shard`).")]
+    "`detailclip shard`), also streamed: 'pipe:cat s-{000..009}.tar', http(s):// URLs, .tar.gz/.tgz.")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", metavar="NAME", rich_help_panel=SCALE, help="auto (cuda, else mps, else cpu), cpu, cuda[:N] or mps.")]
 SeedOpt = Annotated[Optional[int], typer.Option(

@@ -109,6 +109,13 @@ class EmbedWhich(StrEnum):
     patch = "patch"  # (L, D) the image tower's patch tokens, for dense work
 
 
+class LogTarget(StrEnum):
+    """Where a run's figures also go (``--log-to``); each needs the package of its name (an extra)."""
+
+    tensorboard = "tensorboard"  # event files in RUN/tensorboard/
+    wandb = "wandb"  # a Weights & Biases run (offline: RUN/wandb/)
+
+
 def one_of(choices: Iterable[str]) -> str:
     """The choices as a message lists them: ``attention, random or none``."""
     names = [str(c) for c in choices]

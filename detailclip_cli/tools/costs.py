@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +43,54 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_runs(fn: Callable[[], Any], *, repeats: int, warmup: int, device: torch.device) -> list[float]:
+    """Wall times of ``repeats`` runs of ``fn()`` after ``warmup`` untimed ones."""
+    return interleaved_runs({"fn": fn}, repeats=repeats, warmup=warmup, device=device)["fn"]
+
+
+def interleaved_runs(fns: dict[str, Callable[[], Any]], *, repeats: int, warmup: int,
+                     device: torch.device) -> dict[str, list[float]]:
+    """Wall times of each of ``fns``, run in rounds: every function once per round, back to back.
+
+    On a shared machine the load drifts between seconds; two figures timed in the same round saw
+    the same load, so their ratio, taken round by round, is steadier than a ratio of two medians
+    measured minutes apart.
+
+    Returns:
+        name -> ``repeats`` times in seconds, the i-th of each from round i.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def median_seconds(fn: Callable[[], Any], *, repeats: int, warmup: int, device: torch.device) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed_runs(fn, repeats=repeats, warmup=warmup, device=device))
+
+
+def spread(samples: Sequence[float], digits: int = 4) -> dict[str, float | int]:
+    """The median and spread of repeated measurements: ``{"median", "min", "q1", "q3", "max", "n"}``.
+
+    ``q1`` and ``q3`` are the quartiles (inclusive method: with 5 samples, the 2nd and 4th), so
+    ``q3 - q1`` is the interquartile range; with one sample every figure is that sample.
+    """
+    values = sorted(float(x) for x in samples)
+    if not values:
+        raise ValueError("no samples")
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return {"median": round_sig(statistics.median(values), digits), "min": round_sig(values[0], digits),
+            "q1": round_sig(q1, digits), "q3": round_sig(q3, digits), "max": round_sig(values[-1], digits),
+            "n": len(values)}
 
 
 def round_sig(x: float | None, digits: int = 4) -> float | None:

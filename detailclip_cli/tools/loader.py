@@ -7,7 +7,8 @@ normalise); ``open_clip`` is open_clip's training transform (``image_transform(i
 one random resized crop, normalise), run once per image as open_clip trains, and twice (the
 views DetailCLIP needs) for the like-for-like figure. ``bench`` (section ``data``) reports the
 loader's images/s per worker next to what a step consumes; this module measures the transform
-itself, on photographs of the training size.
+itself, on photographs of the training size. The three take turns in short slices, so on a
+shared machine their ratio holds even when the load changes.
 
     python -m detailclip_cli.tools.loader --size 224 --seconds 5
 """
@@ -51,15 +52,27 @@ def sample_jpegs(count: int = 8, *, side: int = 500) -> list[bytes]:
     return files
 
 
-def images_per_second(prepare: Callable[[bytes, int], object], files: list[bytes], seconds: float) -> float:
-    """Images ``prepare(jpeg, index)`` handles per second on this thread, over ``seconds`` (after one warm-up pass)."""
-    for i, f in enumerate(files):
-        prepare(f, i)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        prepare(files[done % len(files)], done)
-        done += 1
-    return done / (time.perf_counter() - start)
+def images_per_second(prepares: dict[str, Callable[[bytes, int], object]], files: list[bytes], seconds: float,
+                      *, rounds: int = 10) -> dict[str, float]:
+    """Images each ``prepare(jpeg, index)`` handles per second on this thread.
+
+    The candidates take turns, ``rounds`` slices of ``seconds / rounds`` each (after one warm-up
+    pass), so a machine whose load changes during the run slows all of them alike and their
+    ratio holds.
+    """
+    done = dict.fromkeys(prepares, 0)
+    spent = dict.fromkeys(prepares, 0.0)
+    for prepare in prepares.values():
+        for i, f in enumerate(files):
+            prepare(f, i)
+    for _ in range(rounds):
+        for name, prepare in prepares.items():
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds / rounds:
+                prepare(files[done[name] % len(files)], done[name])
+                done[name] += 1
+            spent[name] += time.perf_counter() - start
+    return {name: done[name] / spent[name] for name in prepares}
 
 
 def measure(*, image_size: int = 224, seconds: float = 3.0, side: int = 500) -> dict[str, float]:
@@ -82,12 +95,10 @@ def measure(*, image_size: int = 224, seconds: float = 3.0, side: int = 500) -> 
         image = decode_image(jpeg, "bench.jpg")
         return theirs(image), theirs(image)
 
-    return {
-        "image_size": image_size, "source_side": side,
-        "ours_two_views": round(images_per_second(ours_item, files, seconds), 1),
-        "open_clip_one_view": round(images_per_second(theirs_one, files, seconds), 1),
-        "open_clip_two_views": round(images_per_second(theirs_two, files, seconds), 1),
-    }
+    rates = images_per_second({"ours_two_views": ours_item, "open_clip_one_view": theirs_one,
+                               "open_clip_two_views": theirs_two}, files, seconds)
+    return {"image_size": image_size, "source_side": side, **{k: round(v, 1) for k, v in rates.items()},
+            "ours_over_open_clip_two_views": round(rates["ours_two_views"] / rates["open_clip_two_views"], 3)}
 
 
 def main(argv: list[str] | None = None) -> None:

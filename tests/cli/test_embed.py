@@ -144,7 +144,5 @@ def test_one_image_zero_shot_does_not_import_open_clip(one_image):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="core/data imports torchvision at module level: needs the core/data "
-                   "edit described in issue 18's report (lazy package __init__, eval transform without torchvision)")
 def test_one_image_zero_shot_does_not_import_torchvision_models(one_image):
     assert "torchvision.models" not in _startup_modules(one_image)

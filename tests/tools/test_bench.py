@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from detailclip_cli.cli import app
 from detailclip_cli.core.config import ConfigError
 from detailclip_cli.core.method.stages import PROFILER_PREFIX
-from detailclip_cli.tools.bench import SECTIONS, STAGES, TARGETS, BenchConfig, parse_sections, run_bench, staged_step
-from detailclip_cli.tools.costs import STEP_STAGES, TrainStep, variant_configs
+from detailclip_cli.tools.bench import (SECTIONS, STAGES, STARTUP_COMMANDS, TARGETS, BenchConfig, check_targets,
+                                        parse_sections, run_bench, staged_step)
+from detailclip_cli.tools.costs import STEP_STAGES, TrainStep, interleaved_runs, spread, variant_configs
 
 
 def _numbers(record, path=()):
@@ -33,8 +34,8 @@ def _numbers(record, path=()):
 
 @pytest.fixture(scope="module")
 def record(demo_cache):
-    cfg = BenchConfig(preset="tiny", batch_size=4, device="cpu", repeats=1, warmup=0, workers=(0, 1),
-                      matmul_size=256)
+    cfg = BenchConfig(preset="tiny", batch_size=4, device="cpu", repeats=2, warmup=0, workers=(0, 1),
+                      matmul_size=256, bulk_images=4)
     return run_bench(cfg)
 
 
@@ -42,6 +43,7 @@ def record(demo_cache):
 def test_record_has_every_section_and_is_plain_json(record):
     assert set(SECTIONS) <= set(record)
     assert record["preset"] == "tiny" and record["batch_size"] == 4 and record["device"] == "cpu"
+    assert record["repeats"] == 2 and record["bulk_images"] == 4
     assert json.loads(json.dumps(record)) == record
     assert set(record["targets"]) == set(TARGETS)
     for target in record["targets"].values():
@@ -51,8 +53,8 @@ def test_record_has_every_section_and_is_plain_json(record):
 @pytest.mark.slow
 def test_times_rates_and_ratios_are_positive(record):
     for path, value in _numbers({section: record[section] for section in SECTIONS}):
-        if path == "scores.overhead" or path.endswith(("max_abs_diff", "workers")):
-            continue  # an overhead may be a hair below zero; workers may be 0
+        if path == "scores.overhead" or path.endswith(("max_abs_diff", "workers")) or "extra_s" in path:
+            continue  # an overhead may be a hair below zero; workers may be 0; a command may beat `import torch`
         assert value > 0, path
 
 
@@ -152,3 +154,74 @@ def test_cli_bad_section_is_one_line_and_exit_2():
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "unknown bench section" in result.stderr
+
+
+def test_spread_is_the_median_quartiles_and_range():
+    assert spread([5.0, 1.0, 3.0, 2.0, 4.0]) == {"median": 3.0, "min": 1.0, "q1": 2.0, "q3": 4.0, "max": 5.0, "n": 5}
+    assert spread([2.0, 1.0]) == {"median": 1.5, "min": 1.0, "q1": 1.25, "q3": 1.75, "max": 2.0, "n": 2}
+    assert spread([0.25]) == {"median": 0.25, "min": 0.25, "q1": 0.25, "q3": 0.25, "max": 0.25, "n": 1}
+    with pytest.raises(ValueError):
+        spread([])
+
+
+def test_interleaved_runs_time_one_of_each_per_round():
+    calls = []
+    times = interleaved_runs({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                             repeats=3, warmup=1, device=torch.device("cpu"))
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed ones, back to back
+    assert set(times) == {"a", "b"} and all(len(t) == 3 and min(t) >= 0 for t in times.values())
+
+
+def test_targets_are_judged_on_the_median_and_show_the_range():
+    record = {"flops": {"machinery_overhead": 1.05, "detailclip_mfu": 0.48,
+                        "spread": {"machinery_overhead": spread([1.0, 1.05, 1.3]),
+                                   "detailclip_mfu": spread([0.4, 0.48, 0.55])}}}
+    targets = check_targets(record)
+    assert set(targets) == {"machinery_overhead", "mfu"}
+    # one run above the bound does not fail the median; one run above 0.5 MFU does not pass it
+    assert targets["machinery_overhead"]["met"] and targets["machinery_overhead"]["range"] == [1.0, 1.3]
+    assert not targets["mfu"]["met"] and targets["mfu"]["range"] == [0.4, 0.55]
+
+
+@pytest.mark.slow
+def test_every_timed_figure_has_its_spread(record):
+    """Each figure with a spread: n = repeats, min <= median <= max, and the median is the figure shown."""
+    shown = {("train", "detailclip_step_s"), ("train", "detailclip_vs_clip"), ("flops", "machinery_overhead"),
+             ("flops", "detailclip_mfu"), ("bulk", "ours_vs_open_clip"), ("startup", "zero_shot_extra_s"),
+             ("startup", "import_torch_s"), ("inference", "ours_vs_open_clip"), ("scores", "ratio")}
+    for section in SECTIONS:
+        if section == "memory":
+            continue  # one measurement in a fresh process, not repeated
+        spreads = record[section]["spread"]
+        assert spreads, section
+        for key, sp in spreads.items():
+            assert sp["n"] == 2 and sp["min"] <= sp["q1"] <= sp["median"] <= sp["q3"] <= sp["max"], (section, key)
+    for section, key in shown:
+        assert record[section][key] == record[section]["spread"][key]["median"], (section, key)
+    for stage in record["split"]["stages_s"]:
+        assert record["split"]["stages_s"][stage] == record["split"]["spread"][stage]["median"]
+    assert 0 <= record["split"]["untimed_fraction"] < 0.1  # the stopwatch covers a staged step
+
+
+@pytest.mark.slow
+def test_startup_times_each_command_against_import_torch(record):
+    s = record["startup"]
+    for name in ("help", *STARTUP_COMMANDS):
+        assert s[f"{name}_s"] > 0 and s[f"{name}_vs_import_torch"] > 0, name
+    for name in STARTUP_COMMANDS:
+        lo, hi = s["spread"][f"{name}_extra_s"]["min"], s["spread"][f"{name}_extra_s"]["max"]
+        assert lo <= s[f"{name}_extra_s"] <= hi
+    assert s["python_s"] < s["import_torch_s"]  # the floor is below the baseline
+
+
+@pytest.mark.slow
+def test_bulk_zero_shot_and_loader_per_core(record):
+    b = record["bulk"]
+    assert b["images"] == 4 and b["workers"] == 0  # default_workers: none for a handful of images
+    # Demo images are the model's size: both pipelines read the same pixels and agree on every image.
+    assert b["top1_agreement"] == 1.0
+    assert b["ours_vs_open_clip"] == pytest.approx(b["spread"]["ours_vs_open_clip"]["median"])
+    d = record["data"]
+    per_core = d["loader_per_core"]
+    assert per_core["image_size"] == 64 and per_core["ours_two_views"] > 0
+    assert d["cores_per_device"] == pytest.approx(d["step_images_per_s"] / per_core["ours_two_views"], rel=1e-3)

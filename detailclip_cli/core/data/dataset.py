@@ -9,14 +9,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
 from detailclip_cli.core.data.decode import load_image, load_mask
+from detailclip_cli.core.data.eval_transform import make_eval_geometry, make_normalize
 from detailclip_cli.core.data.samples import DataError, ReadReport, Sample, printable
 from detailclip_cli.core.data.transforms import (
     AugmentConfig,
-    make_eval_geometry,
-    make_normalize,
+    image_tensor,
     make_view_transform,
 )
 
@@ -162,11 +161,14 @@ class TwoViewDataset(Dataset):
 
     def make_item(self, image: Image.Image, i: int, caption: str) -> dict[str, torch.Tensor]:
         """The item of a loaded RGB ``image`` as item ``i`` of the current epoch (see ``__getitem__``)."""
-        # fork_rng restores the global CPU generator on exit; devices=[] keeps it off CUDA.
+        # fork_rng restores the global CPU generator on exit; devices=[] keeps it off CUDA. Only
+        # the CPU generator is seeded: torch.manual_seed would also queue seeds for every
+        # accelerator backend, at a formatted stack trace each (a tenth of a view's time).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed(self.seed, self.epoch, i))
-            view1 = self.view1(image)
-            view2 = self.view2(image)
+            torch.default_generator.manual_seed(item_seed(self.seed, self.epoch, i))
+            pixels = image_tensor(image)  # converted once for both views
+            view1 = self.view1(pixels)
+            view2 = self.view2(pixels)
         item = {"view1": view1, "view2": view2, "index": torch.tensor(i, dtype=torch.long)}
         if self.tokenize is not None:
             item["text"] = self.tokenize([caption])[0].long()  # (1, context) -> (context,)
@@ -222,10 +224,10 @@ class EvalDataset(Dataset):
                     f"mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]} but its image is "
                     f"{image.width}x{image.height}"
                 )
-            # Passing both through one call gives them the same geometry; v2 resizes a Mask
+            # Passing both through one call gives them the same geometry; the mask is resized
             # with nearest neighbour so class ids are never blended.
-            image, mask = self.geometry(image, tv_tensors.Mask(torch.from_numpy(mask)))
-            item["mask"] = mask.as_subclass(torch.Tensor).long()  # (H, W)
+            image, mask = self.geometry(image, torch.from_numpy(mask))
+            item["mask"] = mask  # (H, W) long
         else:
             image = self.geometry(image)
         item["image"] = self.normalize(image)

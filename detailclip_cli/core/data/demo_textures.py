@@ -12,8 +12,7 @@ not learn global shape or digit identity in that budget: see docs/experiments.md
 
 Validation images use two photos that no training image uses, and fresh objects.
 
-Captions always name the pattern and the number of objects, often the shapes, sometimes the
-colours or the photo. Per-pixel masks hold 0 for the photo and ``k + 1`` on the objects of
+Captions always name the pattern, sometimes a shape, the number of objects or the colours. Per-pixel masks hold 0 for the photo and ``k + 1`` on the objects of
 class ``k``.
 """
 
@@ -22,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from detailclip_cli.core.data.demo_photos import BACKGROUNDS, COLOURS
+from detailclip_cli.core.data.demo_photos import COLOURS
 
 PATTERNS = ("striped", "dotted", "checkered", "plain")
 SHAPES = ("disc", "square", "diamond", "ellipse")
@@ -41,17 +40,21 @@ ANGLES = (0.0, np.pi / 2)
 MIN_PATTERN_CONTRAST = 70.0
 COUNT_WORDS = ("one", "two", "three")
 
+# Every caption names the pattern; few name anything easier to read than the pattern. With
+# colours in two captions of ten, and counts, shapes or the photo in four more, a tiny CLIP
+# lowered its loss on those and stayed at chance on the patterns after 300 steps (the lesson of
+# demo v1 for digits, again): a word that is cheaper to see than the class is learned first.
 CAPTION_TEMPLATES = (
-    "{count_word} {pattern} {shapes}",
     "{a_pattern} {shape}",
-    "{count_word} {pattern} objects",
-    "{pattern} shapes over a photo of {bg}",
-    "{count_word} {pattern} {shapes} on a photo",
+    "{pattern} objects",
     "something {pattern}",
     "{a_pattern} pattern",
+    "{pattern} shapes",
+    "{pattern}",
+    "{pattern} things",
+    "{count_word} {pattern} {shapes}",
+    "{a_pattern} object",
     "{pattern} {colours} {shapes}",
-    "{count_word} {pattern} {shapes} over {bg}",
-    "{pattern} objects in {colours}",
 )
 
 ZERO_SHOT_TEMPLATES = (
@@ -120,7 +123,6 @@ def compose(rng: np.random.Generator, backgrounds: dict[str, Image.Image], label
         shape=shape,
         shapes=plural if len(objects) > 1 else shape,
         colours=" and ".join(colours),
-        bg=BACKGROUNDS[bg_name],
     )
     record = {"label": pattern, "background": bg_name, "objects": objects, "caption": caption}
     return image, mask, record

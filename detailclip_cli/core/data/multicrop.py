@@ -75,6 +75,6 @@ class MultiCropDataset(TwoViewDataset):
         item = super().make_item(image, i, caption)
         if self.local_crops:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(item_seed(self.seed, self.epoch, i) ^ _LOCAL_STREAM)
+                torch.default_generator.manual_seed(item_seed(self.seed, self.epoch, i) ^ _LOCAL_STREAM)
                 item["local_views"] = torch.stack([self.local(image) for _ in range(self.local_crops)])
         return item

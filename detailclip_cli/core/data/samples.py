@@ -34,6 +34,8 @@ class ReadReport:
             (the same image with another caption is kept, as in COCO's five captions an image).
         truncated_captions: captions whose tokens fill the whole text context, so any longer
             text was cut; counted by ``TwoViewDataset.data_report`` (the reader has no tokenizer).
+        failed_shards: streamed tar shards (``pipe:``, ``http(s)://``, ``.tar.gz``) that failed
+            while they were counted; each keeps the samples it gave and is one bad sample per pass.
         examples: for each count above that is not zero, where its first case is (one line).
     """
 
@@ -45,6 +47,7 @@ class ReadReport:
     missing_images: int = 0
     duplicates: int = 0
     truncated_captions: int = 0
+    failed_shards: int = 0
     examples: dict[str, str] = field(default_factory=dict)
 
     def note(self, kind: str, example: str) -> None:

@@ -8,6 +8,7 @@ A run folder holds
   objective's teacher, centres and bridges, the optimiser, the step, the RNG states);
 - ``metrics.jsonl``: one JSON line per logged step;
 - ``run.json``: the settings the run was started with;
+- ``tensorboard/``, ``wandb/``: what ``--log-to`` loggers write (:meth:`RunFolder.log_dir`);
 - ``.checkpoint-new/`` while a checkpoint is being written (see :meth:`RunFolder.save_checkpoint`);
 - ``.lock``: the writer's lock (:meth:`RunFolder.claim`); it holds the writer's PID while held.
 
@@ -139,6 +140,13 @@ class RunFolder:
     @property
     def lock_file(self) -> Path:
         return self.path / self.LOCK_FILE
+
+    def log_dir(self, name: str) -> Path:
+        """The folder a logger (``--log-to NAME``, a :class:`~detailclip_cli.core.choices.LogTarget`)
+        writes into: ``RUN/<name>/``. Not created here: the logger makes it when it starts."""
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"a log folder name is one plain path component, not {name!r}")
+        return self.path / name
 
     # -- what it is ---------------------------------------------------------------------------
 

@@ -25,10 +25,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from detailclip_cli.core.choices import LogTarget
 from detailclip_cli.core.config import ConfigError
-
-# The backends ``--log-to`` names, and the package each needs (its extra has the same name).
-LOGGERS = {"tensorboard": "tensorboard", "wandb": "wandb"}
+from detailclip_cli.core.store.run import RunFolder
 
 # Pictures of a model: name -> (H, W, 3) uint8 image; the model is in eval mode, under no_grad.
 Pictures = Callable[[torch.nn.Module], dict[str, np.ndarray]]
@@ -56,10 +55,10 @@ def parse_log_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
         return ()
     names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if n.strip()]
     for name in names:
-        if name not in LOGGERS:
-            raise ConfigError(f"--log-to takes {', '.join(LOGGERS)} (comma-separated), not {name!r}")
-        if importlib.util.find_spec(LOGGERS[name]) is None:
-            raise ConfigError(f"--log-to {name} needs the {LOGGERS[name]} package: "
+        if name not in tuple(LogTarget):
+            raise ConfigError(f"--log-to takes {', '.join(LogTarget)} (comma-separated), not {name!r}")
+        if importlib.util.find_spec(name) is None:  # each backend's package has its name
+            raise ConfigError(f"--log-to {name} needs the {name} package: "
                               f"pip install 'detailclip[{name}]'")
     return tuple(dict.fromkeys(names))
 
@@ -144,7 +143,7 @@ class LogTo:
     """Which loggers a run opens (on rank 0) and the pictures they show.
 
     Attributes:
-        names: backends, of :data:`LOGGERS` (see :func:`parse_log_to`).
+        names: backends, :class:`~detailclip_cli.core.choices.LogTarget` values (see :func:`parse_log_to`).
         pictures: draws the pictures of the model (None: scalars only).
         pictures_every: steps between pictures (0: never).
     """
@@ -153,14 +152,16 @@ class LogTo:
     pictures: Pictures | None = None
     pictures_every: int = 0
 
-    def open(self, run_folder: Path, config: dict[str, Any]) -> list[Logger]:
-        """The loggers of a run folder (TensorBoard in ``run_folder/tensorboard``, W&B in ``run_folder/wandb``)."""
+    def open(self, run_folder: RunFolder | Path, config: dict[str, Any]) -> list[Logger]:
+        """The loggers of a run folder, each in its :meth:`RunFolder.log_dir` (W&B names its own
+        ``wandb/`` inside the folder it is given, so it is given the run folder)."""
+        run = run_folder if isinstance(run_folder, RunFolder) else RunFolder(run_folder)
         loggers: list[Logger] = []
         for name in parse_log_to(self.names):
-            if name == "tensorboard":
-                loggers.append(TensorBoardLogger(run_folder / "tensorboard", pictures=self.pictures,
+            if name == LogTarget.tensorboard:
+                loggers.append(TensorBoardLogger(run.log_dir(LogTarget.tensorboard), pictures=self.pictures,
                                                  pictures_every=self.pictures_every))
             else:
-                loggers.append(WandbLogger(run_folder, name=run_folder.resolve().name, config=config,
+                loggers.append(WandbLogger(run.path, name=run.path.resolve().name, config=config,
                                            pictures=self.pictures, pictures_every=self.pictures_every))
         return loggers

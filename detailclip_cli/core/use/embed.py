@@ -11,6 +11,7 @@ import torch
 
 from detailclip_cli.core.device import autocast_dtype
 from detailclip_cli.core.use.batching import SkipLog, eval_batches
+from detailclip_cli.errors import UsageError
 
 
 def check_resolution(model, size: int) -> int:
@@ -19,8 +20,6 @@ def check_resolution(model, size: int) -> int:
     Raises:
         UsageError: it is not.
     """
-    from detailclip_cli.errors import UsageError
-
     p = model.visual.patch_size
     if size < p or size % p:
         raise UsageError(f"the resolution must be a multiple of the model's patch size {p}, not {size}")

@@ -115,7 +115,6 @@ def embed_to_file(model, *, images: Sequence[ImageSource] = (), texts: Sequence[
     chunk_size = max(batch_size, -(-chunk_size // batch_size) * batch_size)
     items: list[tuple[str, ImageSource | str]] = [("image", s) for s in images] + [("text", t) for t in texts]
     ids = [str(x) for _, x in items]
-    kinds = [which if kind == "image" else "text" for kind, _ in items]
     meta = {"model": model_fingerprint(model), "model_spec": model_spec or "", "which": which}
     parts = None if output is None else output.with_name(output.name + ".parts")
     report = EmbedReport()

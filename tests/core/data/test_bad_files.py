@@ -240,6 +240,7 @@ def test_caption_folder_skips_and_counts(tmp_path):
     assert report.counts() == {
         "samples": 8, "empty_captions": 3, "unreadable_captions": 2, "invalid_utf8": 1,
         "control_chars": 1, "missing_images": 0, "duplicates": 0, "truncated_captions": 0,
+        "failed_shards": 0,
     }
     assert report.skipped == 5
     assert report.examples["invalid_utf8"].endswith("d_latin1.txt")
@@ -374,6 +375,7 @@ def test_table_skips_counts_and_drops_duplicates(tmp_path):
     assert report.counts() == {
         "samples": 5, "empty_captions": 2, "unreadable_captions": 0, "invalid_utf8": 1,
         "control_chars": 1, "missing_images": 2, "duplicates": 2, "truncated_captions": 0,
+        "failed_shards": 0,
     }
     assert report.examples["duplicates"] == f"{table} line 3"
     assert report.examples["missing_images"] == f"{table} line 8: {tmp_path / 'missing.png'}"

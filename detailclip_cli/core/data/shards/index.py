@@ -5,21 +5,35 @@ The stream needs each shard's sample count: it is taken from ``shards.json`` bes
 that shard still matches, else counted by reading the tar headers. A shard that is not an
 intact uncompressed tar (not a tar, truncated, garbage after its last member) is a one-line
 :class:`DataError` naming it.
+
+A streamed shard (a command, a URL, a gzip-compressed file) is counted by streaming it once
+(headers only are looked at), unless ``shards.json`` beside it lists it: for a gzip file with
+its byte size, for URLs in the same folder (fetched once per folder, trusted by name). One that
+fails while it is counted is not fatal: it keeps the samples it gave before failing plus one
+slot for the failure, which becomes a bad sample each time the shard is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
+import os
 import posixpath
 import tarfile
-from collections.abc import Iterator, Sequence
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from detailclip_cli.core.data.samples import DataError, printable
-from detailclip_cli.core.data.shards.spec import INDEX_FILE, shard_paths
+from detailclip_cli.core.data.shards.location import (
+    URL_TIMEOUT,
+    StreamedShard,
+    StreamFailed,
+)
+from detailclip_cli.core.data.shards.spec import INDEX_FILE, Shard, shard_paths
 from detailclip_cli.core.data.walk import IMAGE_EXTENSIONS
 
 INDEX_FORMAT = "detailclip-shards"
@@ -43,8 +57,9 @@ def _split_name(name: str) -> tuple[str, str]:
     return posixpath.join(folder, stem), ext.lower()
 
 
-def tar_groups(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, Member]]]:
-    """The samples of an open tar, in order: ``(key, {extension: Member})``; headers only are read."""
+def tar_groups(tar: Iterable[tarfile.TarInfo]) -> Iterator[tuple[str, dict[str, Member]]]:
+    """The samples of an open tar (or of its members' headers, in order), in order:
+    ``(key, {extension: Member})``; headers only are read."""
     key, members = None, {}
     for info in tar:
         if not info.isfile() or posixpath.basename(info.name).startswith("."):
@@ -57,6 +72,34 @@ def tar_groups(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, Member]]]:
         members.setdefault(ext, Member(info.offset_data, info.size))
     if key is not None:
         yield key, members
+
+
+def stream_groups(shard: StreamedShard, want: Callable[[int], bool], *, max_bytes: int
+                  ) -> Iterator[tuple[str, dict[str, Member], dict[str, bytes]]]:
+    """The samples of a streamed shard, in order: ``(key, {extension: Member}, {extension: data})``.
+
+    The data of sample ``j`` (counting from 0) is read, as it streams by, only when ``want(j)``,
+    and only for members of at most ``max_bytes``; other members are streamed past.
+
+    Raises:
+        StreamFailed: the stream failed (after the samples it gave).
+    """
+    key, members, data, j = None, {}, {}, 0
+    for info, read in shard.members():
+        if not info.isfile() or posixpath.basename(info.name).startswith("."):
+            continue
+        k, ext = _split_name(info.name)
+        if k != key:
+            if key is not None:
+                yield key, members, data
+                j += 1
+            key, members, data = k, {}, {}
+        if ext not in members:
+            members[ext] = Member(info.offset_data, info.size)
+            if info.size <= max_bytes and want(j):
+                data[ext] = read()
+    if key is not None:
+        yield key, members, data
 
 
 def image_ext(members: dict[str, Member]) -> str | None:
@@ -76,6 +119,8 @@ class ShardInfo:
         no_caption: samples without a ``.txt`` or ``.json`` member.
         incomplete: samples without an image or without a caption member, or both.
         examples: the key of the first sample without an image, and without a caption.
+        failed: for a streamed shard that failed while it was counted, why (one line); its
+            ``samples`` then count one slot more than it gave, the failure's.
     """
 
     name: str
@@ -85,6 +130,20 @@ class ShardInfo:
     no_caption: int = 0
     incomplete: int = 0
     examples: dict[str, str] = field(default_factory=dict)
+    failed: str = ""
+
+    def note(self, key: str, members: dict[str, Member]) -> None:
+        """Count one sample from its members."""
+        self.samples += 1
+        no_image = image_ext(members) is None
+        no_caption = "txt" not in members and "json" not in members
+        if no_image:
+            self.no_image += 1
+            self.examples.setdefault("no_image", key)
+        if no_caption:
+            self.no_caption += 1
+            self.examples.setdefault("no_caption", key)
+        self.incomplete += no_image or no_caption
 
 
 def _tar_problem(path: Path, tar: tarfile.TarFile, end: int, size: int) -> str | None:
@@ -121,15 +180,8 @@ def scan_shard(path: Path) -> ShardInfo:
         end = 0
         with tarfile.open(path, "r:") as tar:
             for key, members in tar_groups(tar):
-                info.samples += 1
+                info.note(key, members)
                 end = max(end, *(m.offset + m.size for m in members.values()))
-                if image_ext(members) is None:
-                    info.no_image += 1
-                    info.examples.setdefault("no_image", key)
-                if "txt" not in members and "json" not in members:
-                    info.no_caption += 1
-                    info.examples.setdefault("no_caption", key)
-                info.incomplete += image_ext(members) is None or ("txt" not in members and "json" not in members)
             problem = _tar_problem(path, tar, end, info.bytes)
     except (tarfile.TarError, EOFError) as e:
         raise DataError(f"shard {shown} is not a readable uncompressed tar ({' '.join(str(e).split())})") from None
@@ -140,31 +192,96 @@ def scan_shard(path: Path) -> ShardInfo:
     return info
 
 
+def scan_stream(shard: StreamedShard) -> ShardInfo:
+    """Count a streamed shard's samples by streaming it once (member headers only are looked at).
+
+    A stream that fails is not an error: the :class:`ShardInfo` keeps the samples read before
+    the failure, one more slot for the failure itself, and ``failed`` says why.
+    """
+    info = ShardInfo(name=shard.name, bytes=0, samples=0)
+    try:
+        for key, members in tar_groups(member for member, _ in shard.members()):
+            info.note(key, members)
+    except StreamFailed as e:
+        info.failed = str(e)
+        info.samples += 1
+    return info
+
+
 def _read_index(folder: Path) -> dict[str, dict]:
     """The entries of ``folder/shards.json`` by shard name; empty when there is no usable index."""
     try:
-        index = json.loads((folder / INDEX_FILE).read_text())
-        if index.get("format") == INDEX_FORMAT:
+        return _index_entries(json.loads((folder / INDEX_FILE).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_url_index(folder_url: str) -> dict[str, dict]:
+    """The entries of ``shards.json`` at ``folder_url``; empty when it cannot be had or used."""
+    try:
+        with urllib.request.urlopen(f"{folder_url}/{INDEX_FILE}", timeout=URL_TIMEOUT) as response:
+            return _index_entries(json.loads(response.read(2**24)))
+    except (OSError, ValueError, http.client.HTTPException):  # no index there (404, no connection, not
+        # JSON): the shards are counted instead
+        return {}
+
+
+def _index_entries(index: object) -> dict[str, dict]:
+    try:
+        if isinstance(index, dict) and index.get("format") == INDEX_FORMAT:
             return {entry["name"]: entry for entry in index["shards"]}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError):
         pass
     return {}
 
 
-def shard_infos(paths: Sequence[Path]) -> list[ShardInfo]:
-    """Each shard's :class:`ShardInfo`: from the index beside it when it matches the file, else scanned."""
-    indexes: dict[Path, dict[str, dict]] = {}
+def _from_entry(entry: dict) -> ShardInfo:
+    fields = {f.name for f in dataclasses.fields(ShardInfo)}
+    return ShardInfo(**{k: v for k, v in entry.items() if k in fields and k != "failed"})
+
+
+def _cached(indexes: dict[str, dict[str, dict]], folder: str, read: Callable[[], dict[str, dict]]) -> dict[str, dict]:
+    """The index entries of ``folder``, read once."""
+    if folder not in indexes:
+        indexes[folder] = read()
+    return indexes[folder]
+
+
+def _streamed_info(shard: StreamedShard, indexes: dict[str, dict[str, dict]]) -> ShardInfo:
+    """A streamed shard's :class:`ShardInfo`: from an index that lists it, else by streaming it."""
+    if shard.kind == "gzip":
+        path = Path(shard.target)
+        entry = _cached(indexes, str(path.parent), lambda: _read_index(path.parent)).get(path.name)
+        try:
+            size = os.stat(path).st_size
+        except OSError as e:
+            raise DataError(f"cannot read shard {printable(path)}: {e.strerror or e}") from None
+        if entry is not None and entry.get("bytes") == size:
+            return _from_entry(entry)
+    elif shard.kind == "url":
+        folder = shard.target.rsplit("/", 1)[0]
+        entry = _cached(indexes, folder, lambda: _read_url_index(folder)).get(shard.name)
+        if entry is not None and isinstance(entry.get("samples"), int):
+            return _from_entry(entry)
+    return scan_stream(shard)
+
+
+def shard_infos(paths: Sequence[Shard]) -> list[ShardInfo]:
+    """Each shard's :class:`ShardInfo`: from the index beside it when it matches the file, else
+    scanned (or, for a streamed shard, streamed once)."""
+    indexes: dict[str, dict[str, dict]] = {}
     infos = []
     for path in paths:
-        entries = indexes.setdefault(path.parent, _read_index(path.parent))
-        entry = entries.get(path.name)
+        if isinstance(path, StreamedShard):
+            infos.append(_streamed_info(path, indexes))
+            continue
+        entry = _cached(indexes, str(path.parent), lambda folder=path.parent: _read_index(folder)).get(path.name)
         try:
             size = path.stat().st_size
         except OSError as e:
             raise DataError(f"cannot read shard {printable(path)}: {e.strerror or e}") from None
         if entry is not None and entry.get("bytes") == size:
-            fields = {f.name for f in dataclasses.fields(ShardInfo)}
-            infos.append(ShardInfo(**{k: v for k, v in entry.items() if k in fields}))
+            infos.append(_from_entry(entry))
         else:
             infos.append(scan_shard(path))
     return infos

@@ -1,4 +1,6 @@
-"""What a shard spec names: a brace pattern, one ``.tar`` file, or a folder of shards.
+"""What a shard spec names: a brace pattern, one ``.tar`` file, or a folder of shards; or shards
+read as streams: ``pipe:COMMAND``, ``http(s)://`` URLs and ``.tar.gz`` / ``.tgz`` files (brace
+patterns work in all three: ``pipe:cat s/{000..009}.tar`` runs one command per shard).
 
 A folder is a folder of shards when its top level (its ``train/`` sub-folder first, when it
 has one, as for image folders) holds ``.tar`` files and, besides them, only files that belong
@@ -16,6 +18,16 @@ from glob import glob
 from pathlib import Path
 
 from detailclip_cli.core.data.samples import DataError, printable
+from detailclip_cli.core.data.shards.location import (
+    GZIP_SUFFIXES,
+    PIPE_PREFIX,
+    URL_PREFIXES,
+    StreamedShard,
+    streamed_shard,
+)
+
+# A shard: a plain tar file read in place, or one read front to back.
+Shard = Path | StreamedShard
 
 INDEX_FILE = "shards.json"
 # Files a shard may have beside it, named by its stem: img2dataset's metadata table and
@@ -80,11 +92,14 @@ def shard_folder(path: Path, split: str) -> Path | None:
 
 
 def is_shard_spec(data: str | Path, *, split: str = "train") -> bool:
-    """Whether a data spec names tar shards (a pattern or file ending in ``.tar``, or a folder of them)."""
+    """Whether a data spec names tar shards: a pattern or file ending in ``.tar``, ``.tar.gz`` or
+    ``.tgz``, a folder of ``.tar`` files, a ``pipe:`` command, or an ``http(s)://`` URL."""
     text = str(data)
     if text == "demo":
         return False
-    if text.lower().endswith(".tar"):
+    if text.startswith(PIPE_PREFIX) or text.lower().startswith(URL_PREFIXES):
+        return True
+    if text.lower().endswith((".tar", *GZIP_SUFFIXES)):
         return True
     path = Path(text).expanduser()
     return path.is_dir() and shard_folder(path, split) is not None
@@ -102,15 +117,23 @@ def streams_shards(data: str | Path, *, samples_per_epoch: int = 0, split: str =
     return shards
 
 
-def shard_paths(spec: str | Path, *, split: str = "train") -> list[Path]:
-    """The shard files a spec names, in order (sorted for a folder, pattern order otherwise).
+def shard_paths(spec: str | Path, *, split: str = "train") -> list[Shard]:
+    """The shards a spec names, in order (sorted for a folder, pattern order otherwise): a
+    :class:`~pathlib.Path` for each plain ``.tar`` file, a
+    :class:`~detailclip_cli.core.data.shards.location.StreamedShard` for each command, URL or
+    gzip-compressed file.
 
     Raises:
-        DataError: a named shard does not exist, or the spec names none.
+        DataError: a named local shard does not exist, or the spec names none.
     """
     text = str(spec)
+    if text.startswith(PIPE_PREFIX) or text.lower().startswith(URL_PREFIXES):
+        names = expand_braces(text)
+        if text.startswith(PIPE_PREFIX) and not all(n[len(PIPE_PREFIX):].strip() for n in names):
+            raise DataError(f"{printable(text)} names no command (write pipe:COMMAND, e.g. pipe:cat shard.tar)")
+        return [streamed_shard(name) for name in names]
     path = Path(text).expanduser()
-    if not text.lower().endswith(".tar") and path.is_dir():
+    if not text.lower().endswith((".tar", *GZIP_SUFFIXES)) and path.is_dir():
         folder = shard_folder(path, split)
         if folder is None:
             raise DataError(f"no .tar shards in {printable(path)}")
@@ -129,4 +152,4 @@ def shard_paths(spec: str | Path, *, split: str = "train") -> list[Path]:
                            if len(paths) > 1 else ""))
     if not paths:
         raise DataError(f"no shards match {printable(text)}")
-    return paths
+    return [streamed_shard(str(p)) if p.name.lower().endswith(GZIP_SUFFIXES) else p for p in paths]

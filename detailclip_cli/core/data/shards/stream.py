@@ -10,8 +10,9 @@ epoch, and exactly once when the sample count divides into the readers' whole ba
 the remainder of an epoch is left out of it (another part of the data each epoch).
 
 **Bad samples** (an image that does not decode or breaks the pixel limit, a missing or empty
-caption, bad JSON, a sample without an image, data lost to damage found while streaming) are
-never fatal: each becomes ``{"bad": message}`` in its batch, skipped and counted by the
+caption, bad JSON, a sample without an image, data lost to damage found while streaming, a
+streamed shard, see :mod:`.location`, whose command, connection or gzip data fails part-way)
+are never fatal: each becomes ``{"bad": message}`` in its batch, skipped and counted by the
 training loop like an unreadable image file, under its ``max_bad_fraction`` stop.
 
 **Resume.** The batches of step ``s`` depend only on the seed, the data, ``s``, the batch size,
@@ -19,6 +20,11 @@ the world size and the number of workers: a resumed run with the same ones conti
 where the interrupted one was (the readers skip to the epoch and offset by reading tar headers
 only). With other worker or process counts, it continues at the same epoch and offset of a
 differently split stream (samples of that epoch may be seen twice or not at all).
+
+**Streamed shards** (``pipe:``, ``http(s)://``, ``.tar.gz``) take the same places in the same
+order; each reader streams a shard from its start, reads the data of the samples in its range
+as they go by (they then wait in the shuffle buffer with their bytes), and stops the stream
+after its last one. A skip on resume streams past the skipped samples.
 """
 
 from __future__ import annotations
@@ -45,8 +51,10 @@ from detailclip_cli.core.data.shards.index import (
     Member,
     image_ext,
     shard_infos,
+    stream_groups,
     tar_groups,
 )
+from detailclip_cli.core.data.shards.location import StreamedShard, StreamFailed
 from detailclip_cli.core.data.shards.spec import shard_paths
 
 SHUFFLE_BUFFER = 2000  # samples held by each reader's shuffle buffer (references, not bytes)
@@ -85,6 +93,9 @@ class ShardSource:
         self.paths = shard_paths(spec, split=split)
         self.infos = shard_infos(self.paths)
         self.total = sum(info.samples for info in self.infos)
+        failed = [info.failed for info in self.infos if info.failed]
+        if failed and self.total == len(failed):  # nothing but failures: a wrong command or address
+            raise DataError(failed[0] + (f" (and {len(failed) - 1} more shards failed)" if len(failed) > 1 else ""))
         if self.total == 0:
             raise DataError(f"the shards of {printable(spec)} hold no samples")
         self.samples_per_epoch = int(samples_per_epoch) or self.total
@@ -109,6 +120,8 @@ class RawSample(NamedTuple):
         repeat: which pass over the data it belongs to within its epoch (0 unless the epoch
             is longer than the data).
         problem: why it cannot be read, when its shard could not give it.
+        data: a streamed shard's member data, read as it went by (None for a tar file, read
+            in place by offset).
     """
 
     shard: int
@@ -117,6 +130,7 @@ class RawSample(NamedTuple):
     sample_id: int
     repeat: int
     problem: str | None = None
+    data: dict[str, bytes] | None = None
 
 
 def _seeded(*numbers: int) -> random.Random:
@@ -193,6 +207,10 @@ class ShardDataset:
                     setattr(report, kind, getattr(report, kind) + count)
                     report.examples.setdefault(kind, f"{printable(path)}:{printable(info.examples.get(what, '?'))}")
             bad += info.incomplete if self.need_caption else info.no_image
+            if info.failed:
+                report.failed_shards += 1
+                report.examples.setdefault("failed_shards", info.failed)
+                bad += 1  # the failure's slot
         report.samples = self.total - bad
         return report
 
@@ -223,13 +241,27 @@ class ShardDataset:
         j = 0
         problem = f"shard {printable(path)} holds fewer samples than counted"
         try:
-            with tarfile.open(path, "r:") as tar:
-                for key, members in tar_groups(tar):
-                    if j >= stop:
-                        return
-                    if j >= first:
-                        yield RawSample(shard, key, members, self.first_id[shard] + j, repeat)
-                    j += 1
+            if isinstance(path, StreamedShard):
+                groups = stream_groups(path, lambda k: first <= k < stop, max_bytes=MAX_MEMBER_BYTES)
+                try:
+                    for key, members, data in groups:
+                        if j >= stop:
+                            return
+                        if j >= first:
+                            yield RawSample(shard, key, members, self.first_id[shard] + j, repeat, data=data)
+                        j += 1
+                finally:
+                    groups.close()  # stops the stream (a command is killed) when the range ends early
+            else:
+                with tarfile.open(path, "r:") as tar:
+                    for key, members in tar_groups(tar):
+                        if j >= stop:
+                            return
+                        if j >= first:
+                            yield RawSample(shard, key, members, self.first_id[shard] + j, repeat)
+                        j += 1
+        except StreamFailed as e:
+            problem = f"{e}; sample {j} and later of it are lost"
         except (tarfile.TarError, EOFError, OSError) as e:
             problem = f"shard {printable(path)} could not be read past sample {j} ({' '.join(str(e).split())})"
         for k in range(max(j, first), stop):
@@ -239,6 +271,12 @@ class ShardDataset:
 
     def item(self, raw: RawSample, read: Callable[[int, Member], bytes], epoch: int) -> dict:
         """The training item of a raw sample, or ``{"bad": message}`` when it cannot be used."""
+        if raw.data is not None:  # streamed: its members were read as they went by
+            data = raw.data
+
+            def read(shard: int, member: Member) -> bytes:
+                return data[next(ext for ext, m in raw.members.items() if m is member)]
+
         where = f"{printable(self.paths[raw.shard])}:{printable(raw.key)}"
         if raw.problem:
             return {"bad": raw.problem}

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detailclip_cli.core.data.decode import load_image
-from detailclip_cli.core.files import atomic_write, write_json
 from detailclip_cli.core.data.samples import DataError, Sample, printable
 from detailclip_cli.core.data.shards.index import INDEX_FORMAT, ShardInfo
 from detailclip_cli.core.data.shards.spec import INDEX_FILE
+from detailclip_cli.core.files import atomic_write, write_json
 
 # The formats whose bytes are kept as they are (by their magic numbers), and their extensions.
 _KEPT_FORMATS = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
