@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
-DEMO_STEPS ?= 300
+DEMO_STEPS ?= 600
 
 .PHONY: venv demo test test-fast docs clean
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 OUT=${1:-runs/demo}
-STEPS=${2:-300}
+STEPS=${2:-600}
 
 # --force: a rerun starts afresh (the previous run moves to $OUT.old-<date>-<time>).
 "$BIN/detailclip" pretrain --preset tiny --steps "$STEPS" --seed 0 --out "$OUT" --force

@@ -1,6 +1,6 @@
 """Copy a trained run into the package as its shipped model, in half precision, with its provenance.
 
-    .venv/bin/detailclip pretrain --preset tiny --steps 1500 --seed 0 --out runs/tiny-ship
+    .venv/bin/detailclip pretrain --preset tiny --steps 600 --seed 0 --out runs/tiny-ship
     .venv/bin/python examples/ship_model.py runs/tiny-ship
 
 The weights are stored as float16 (half the size; every command loads them back as float32),

@@ -83,19 +83,19 @@ def attn_map(
                     record["heads"] = _rounded(maps.per_head[i])
                 records.append(record)
             continue
-        # imported on use, not at the top: --help must not load matplotlib (start-up time)
-        from detailclip_cli.plots import attention_figure
+        # imported on use, not at the top: --help must not load numpy and Pillow (start-up time)
+        from detailclip_cli.plots import attention_picture
 
         pixels = to_pixels(batch.images, v.mean, v.std).cpu()
         out.mkdir(parents=True, exist_ok=True)
         for i, path in enumerate(batch.paths):
-            fig = attention_figure(
+            picture = attention_picture(
                 pixels[i], maps.scores[i].cpu(), maps.removed[i].cpu(),
                 per_head=maps.per_head[i].cpu() if heads == Heads.each else None,
                 title=f"{one_line(path.name)}  (layer {layer})", keep_ratio=keep_ratio, block_size=block_size,
             )
             target = out / unique_name(path, ".attn.png", used)
-            fig.savefig(target, dpi=120)
+            picture.save(target, format="PNG")
             print(target, flush=True)
 
     if fmt == PictureOrJson.json:

@@ -12,6 +12,7 @@ from detailclip_cli.cli.console import drive, err_console, removal_summary, say
 from detailclip_cli.cli.output import default_run_dir
 from detailclip_cli.core.choices import DistillMethod, one_of
 from detailclip_cli.core.config import ConfigError
+from detailclip_cli.errors import UsageError
 
 ImagesDataOpt = Annotated[str, typer.Option(
     "--data", metavar="PATH", rich_help_panel=opts.DATA,
@@ -25,6 +26,10 @@ TeacherOpt = Annotated[Optional[str], typer.Option(
 TeacherPretrainedOpt = Annotated[Optional[str], typer.Option(
     "--pretrained", metavar="TAG", rich_help_panel=opts.MODEL, show_default=False,
     help="With --teacher open_clip:NAME: an open_clip pretrained tag or a local weights file.")]
+NoVerifyTeacherOpt = Annotated[bool, typer.Option(
+    "--no-verify", metavar="", rich_help_panel=opts.MODEL,
+    help="With --teacher MODEL: load its weights even if they no longer match the SHA-256 their config.json "
+    "records (NaN or Inf weights are refused all the same).")]
 StudentOpt = Annotated[Optional[str], typer.Option(
     "--student", metavar="NAME", rich_help_panel=opts.MODEL, show_default=False,
     help=opts.preset_help("Student preset") + " With --teacher, its text tower and embedding width are the "
@@ -57,6 +62,7 @@ def distill(
     # -- model
     teacher: TeacherOpt = None,
     pretrained: TeacherPretrainedOpt = None,
+    no_verify: NoVerifyTeacherOpt = False,
     student: StudentOpt = None,
     config: opts.ConfigOpt = None,
     # -- method
@@ -149,7 +155,8 @@ def distill(
     if resume is not None:
         fixed = (teacher, pretrained, method, student, config, local_crops, local_size, epochs)
         model_cfg, train_cfg, settings = resume_configs(
-            resume, given, other_options=no_reconstruct or reconstruct or force or any(x is not None for x in fixed))
+            resume, given, other_options=no_reconstruct or reconstruct or force or no_verify
+            or any(x is not None for x in fixed))
         if settings.get("command") != "distill":
             raise ConfigError(f"{resume} is not a distill run (resume it with detailclip {settings.get('command', 'pretrain')})")
         data, out_dir = settings["data"], resume
@@ -168,6 +175,8 @@ def distill(
                                                   removal_chosen=removal is not None, reconstruct=reconstruct)
         out_dir = out or default_run_dir("distill")
         settings = {"student": student or ("tiny" if config is None else None)}
+        if no_verify and teacher is None:
+            raise UsageError("--no-verify goes with --teacher MODEL (the only model distill loads)")
 
     # Every setting checked in one place, before any work (a resumed run's too: --steps may change).
     from detailclip_cli.cli.pretrain import log_spec
@@ -178,12 +187,13 @@ def distill(
         say(err_console(), f"warning: {warning}", style="yellow")
     run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
         teacher=teacher, pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
-        settings=settings, force=force, shard=shard, log_to=log_spec(loggers, log_images_every, data))
+        settings=settings, force=force, shard=shard, log_to=log_spec(loggers, log_images_every, data),
+        verify=not no_verify)
 
 
 def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool, teacher: str | None,
         pretrained: str | None, method: str | None, local_crops: int | None, local_size: int | None,
-        settings: dict, force: bool = False, shard: bool = False, log_to=None) -> None:
+        settings: dict, force: bool = False, shard: bool = False, log_to=None, verify: bool = True) -> None:
     """Set the distillation up in the core, say what it does, and draw its progress on stderr."""
     # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.training.distill import default_local_crops
@@ -194,7 +204,7 @@ def run(model_cfg, train_cfg, *, data, out_dir: Path, device: str, resume: bool,
         local_crops = 0 if teacher is not None else default_local_crops(method)
     steps = core_distill(model_cfg, train_cfg, data=data, out_dir=out_dir, device=device, teacher=teacher,
                          pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
-                         resume=resume, settings=settings, force=force, shard=shard, log_to=log_to)
+                         resume=resume, settings=settings, force=force, shard=shard, log_to=log_to, verify=verify)
     counts = steps.objective.image_param_counts()
     c = train_cfg
     if teacher is None:

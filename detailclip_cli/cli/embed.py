@@ -80,7 +80,7 @@ def embed(
 
     net = load_model(model, pretrained, device, console, verify=not no_verify)
     n = len(sources) + len(text_list)
-    workers = default_workers(len(sources)) if workers is None else workers
+    workers = default_workers(len(sources), device=net.logit_scale.device) if workers is None else workers
 
     def on_error(name: str, message: str) -> None:
         say(console, f"error: {one_line(' '.join(message.split()))}")

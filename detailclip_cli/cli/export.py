@@ -28,6 +28,7 @@ def export(
         "--force", metavar="", rich_help_panel=opts.OUTPUT,
         help="Write into a non-empty --out: the export's two files are replaced, nothing else there is "
         "touched.")] = False,
+    no_verify: opts.NoVerifyOpt = False,
 ) -> None:
     """Export a model to open_clip or timm; the written copy is loaded back and checked.
 
@@ -51,7 +52,8 @@ def export(
     )
 
     console = err_console()
-    done = export_model(model, to=to.value, out=out, weights=weights.value, pretrained=pretrained, force=force)
+    done = export_model(model, to=to.value, out=out, weights=weights.value, pretrained=pretrained, force=force,
+                        verify=not no_verify)
     name = model_name(model)
     say(console, f"wrote {to.value} export of {one_line(name)} ({weights.value} weights): "
                  + ", ".join(one_line(f) for f in done.files))

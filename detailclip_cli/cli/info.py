@@ -16,6 +16,7 @@ def info(
     fmt: Annotated[TableOrJson, typer.Option(
         "--format", "-f", rich_help_panel=opts.OUTPUT, help="table for people, json for scripts.")] = TableOrJson.table,
     output: opts.OutputOpt = None,
+    no_verify: opts.NoVerifyOpt = False,
 ) -> None:
     """Describe a model: architecture, parameters per part, training settings, provenance.
 
@@ -28,7 +29,7 @@ def info(
     # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.store.info import model_info
 
-    record = model_info(model, pretrained=pretrained)
+    record = model_info(model, pretrained=pretrained, verify=not no_verify)
     if fmt is TableOrJson.json:
         write_json(record, output)
     else:

@@ -35,6 +35,10 @@ def pretrain(
     lock_text: Annotated[bool, typer.Option(
         "--lock-text", metavar="", rich_help_panel=opts.MODEL,
         help="Freeze the text tower (LiT): it gets no gradient and no update, and stays as --init gave it.")] = False,
+    no_verify: Annotated[bool, typer.Option(
+        "--no-verify", metavar="", rich_help_panel=opts.MODEL,
+        help="With --init MODEL: load its weights even if they no longer match the SHA-256 their config.json "
+        "records (NaN or Inf weights are refused all the same).")] = False,
     # -- method
     recipe: Annotated[Optional[str], typer.Option(
         "--recipe", metavar="NAME", rich_help_panel=opts.METHOD, show_default=False,
@@ -131,7 +135,8 @@ def pretrain(
     if resume is not None:
         model_cfg, train_cfg, settings = resume_configs(
             resume, given, other_options=bool(preset is not None or config or recipe or no_distill or no_reconstruct
-                                              or epochs is not None or init or pretrained or lock_text or force))
+                                              or epochs is not None or init or pretrained or lock_text or force
+                                              or no_verify))
         data, out_dir = settings["data"], resume
         lock_text, init_model = bool(settings.get("lock_text", False)), None  # the weights come from the checkpoint
         # The run's recipe stays: its switches are in the recorded configs, its name in run.json.
@@ -150,9 +155,11 @@ def pretrain(
             # imported on use, not at the top: --help must not load torch (start-up time)
             from detailclip_cli.core.store.init_weights import load_init
 
-            model_cfg, init_model = load_init(init, pretrained, model_cfg)
+            model_cfg, init_model = load_init(init, pretrained, model_cfg, verify=not no_verify)
         elif pretrained is not None:
             raise UsageError("--pretrained goes with --init open_clip:NAME")
+        elif no_verify:
+            raise UsageError("--no-verify goes with --init MODEL (the only model pretrain loads)")
         settings = {"preset": preset or ("tiny" if config is None else None), "recipe": recipe, "command": "pretrain",
                     "init": init, "init_pretrained": pretrained, "lock_text": lock_text}
 

@@ -67,13 +67,12 @@ def reconstruct(
     """
     import torch
 
-    # imported on use, not at the top: --help must not load matplotlib (start-up time)
     # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.config import check_seed
     from detailclip_cli.core.store.lookup import has_decoder, run_train_settings
     from detailclip_cli.core.use.probes import NoDecoderError, check_removal
     from detailclip_cli.core.use.probes import reconstruct as reconstruct_images
-    from detailclip_cli.plots import RECONSTRUCTION_CAPTION, reconstruction_figure
+    from detailclip_cli.plots import RECONSTRUCTION_CAPTION, reconstruction_picture
 
     if removal is not None and strategy is not None and removal != strategy:
         raise UsageError("give --removal or its old name --strategy, not both")
@@ -105,13 +104,13 @@ def reconstruct(
                                     block_size=block_size, layer=layer, generator=generator, norm_pix=norm_pix)
         for i, path in enumerate(batch.paths):
             mse, psnr = float(rec.mse[i]), float(rec.psnr[i])
-            fig = reconstruction_figure(
+            picture = reconstruction_picture(
                 rec.original[i].cpu(), rec.kept[i].cpu(), rec.pred[i].cpu(), rec.pasted[i].cpu(),
                 title=f"{one_line(path.name)}  ({removal.value}, keep {keep_ratio:g}, block {block_size})",
                 mse=mse, psnr=psnr, caption=caption,
             )
             target = out / unique_name(path, ".recon.png", used)
-            fig.savefig(target, dpi=120)
+            picture.save(target, format="PNG")
             removed = int(rec.removed[i].sum())
             records.append({"path": str(path), "png": str(target), "removed": removed,
                             "kept": rec.removed[i].numel() - removed, "mse": round(mse, 6),

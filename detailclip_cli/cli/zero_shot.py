@@ -104,7 +104,8 @@ def zero_shot(
 
     records = []
     feed = ImageFeed(net, paths, batch_size=batch_size, console=console, description="classify",
-                     workers=default_workers(len(paths)) if workers is None else workers)
+                     workers=default_workers(len(paths), device=net.logit_scale.device) if workers is None
+                     else workers)
     for batch in feed:
         probs = classify(net, batch.images, classifier).cpu()  # (B, C)
         top = probs.topk(k, dim=1)

@@ -62,6 +62,8 @@ from detailclip_cli.core.data import TwoViewDataset, open_source
 from detailclip_cli.core.device import resolve_device
 from detailclip_cli.core.method import stages
 from detailclip_cli.core.model.removal import num_kept, random_scores, remove_tokens
+from detailclip_cli.core.store.export import export_model
+from detailclip_cli.core.store.lookup import resolve_model
 from detailclip_cli.core.store.openclip import from_open_clip
 from detailclip_cli.core.training.loop import iterate_batches
 from detailclip_cli.core.training.trainset import train_augment
@@ -460,7 +462,7 @@ class _Bench:
         r = self.rounds({"ours": keep("ours", ours), "theirs": keep("theirs", theirs)})
         ratio = _per_round(lambda o, t: t / o, r["ours"], r["theirs"])
         agree = sum(a == b for a, b in zip(predictions["ours"], predictions["theirs"])) / n
-        return {"images": n, "batch_size": BULK_BATCH, "workers": default_workers(n),
+        return {"images": n, "batch_size": BULK_BATCH, "workers": default_workers(n, device=self.device),
                 "ours_images_per_s": round_sig(n / _median(r["ours"])),
                 "open_clip_images_per_s": round_sig(n / _median(r["theirs"])),
                 "ours_vs_open_clip": round_sig(_median(ratio)), "top1_agreement": round_sig(agree),
@@ -549,15 +551,13 @@ def bulk_zero_shot_runs(paths: Sequence[Path], export_dir: Path, *, device: torc
     import open_clip
     from PIL import Image
 
-    from detailclip_cli.core.store.export import export_model
-    from detailclip_cli.core.store.lookup import resolve_model
     from detailclip_cli.core.use.zeroshot import build_classifier, classify
 
     prompts = [f"a photo of a {label}." for label in labels]
     net = resolve_model(None, device=device).eval()
     classifier = build_classifier(net, labels, [lambda label: f"a photo of a {label}."])
     v = net.cfg.vision
-    workers = default_workers(len(paths))
+    workers = default_workers(len(paths), device=device)
 
     def ours() -> list[int]:
         top = []

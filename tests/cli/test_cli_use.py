@@ -248,3 +248,32 @@ def test_help_has_examples_and_does_not_import_torch():
     code = ("import sys; from typer.testing import CliRunner; from detailclip_cli.cli import app; "
             "CliRunner().invoke(app, ['zero-shot', '--help']); sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# One-image pictures are drawn with Pillow: matplotlib (about 0.3 s of start-up) stays out.
+PICTURE_PROBE = """
+import sys
+from detailclip_cli.cli import main
+sys.argv = ["detailclip", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(sorted(m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, picture", [("attn-map", "attn"), ("reconstruct", "recon")])
+def test_one_image_pictures_do_not_import_matplotlib(command, picture, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "one.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", PICTURE_PROBE, command, str(image), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+    drawn = Image.open(out / f"one.{picture}.png")  # the same file name as before, a real PNG
+    assert drawn.format == "PNG" and drawn.width > 4 * 64

@@ -55,7 +55,7 @@ COMMANDS = {
                  "--format": WORDS, "--batch-size": INTS, "--device": WORDS},
     "reconstruct": {"--removal": WORDS, "--keep-ratio": FLOATS, "--block-size": INTS, "--layer": WORDS,
                     "--seed": INTS, "--format": WORDS, "--batch-size": INTS, "--device": WORDS},
-    "info": {"--format": WORDS, "--pretrained": WORDS},
+    "info": {"--format": WORDS, "--pretrained": WORDS, "--no-verify": "flag"},
     "plot": {"--keys": WORDS},
 }
 

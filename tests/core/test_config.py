@@ -258,8 +258,10 @@ def test_version_1_documents_load_with_the_settings_they_were_trained_with():
     train = TrainConfig.from_dict(json.loads((old / "run.json").read_text())["train"])
     assert not train.freeze_patch_embed and train.min_lr == 0.0 and train.weight_decay_policy == "skip_embeddings"
 
+    from detailclip_cli.core.store.io import read_model_config
+
     folder = resources.files("detailclip_cli.core.store.shipped").joinpath("detailclip-tiny")
-    model = ModelConfig.from_dict(json.loads(folder.joinpath("config.json").read_text()))
+    model = read_model_config(Path(str(folder)))  # config.json also holds the weights' checksum
     assert model.vision.mean == (0.485, 0.456, 0.406)  # ImageNet's, the authors' statistics
     train = TrainConfig.from_dict(json.loads(folder.joinpath("run.json").read_text())["train"])
     assert train.freeze_patch_embed and train.min_lr == 1e-5 and train.weight_decay_policy == "all_matrices"

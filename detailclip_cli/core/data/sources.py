@@ -148,8 +148,8 @@ def open_source(
     Args:
         spec: ``"demo"``, a folder, a ``.csv`` / ``.tsv`` file, or a shard spec.
         split: which split of the demo set, or of a folder with split sub-folders.
-        images_only: read the images of a folder with or without captions, each with an empty
-            caption (distillation never reads them); other formats are read as they are.
+        images_only: read the images of a folder or a table with or without captions, each with
+            an empty caption (distillation never reads them); the demo set is read as it is.
         samples_per_epoch: the length of an epoch of streamed data in samples (0: one pass).
         streaming: whether the caller can take a :class:`StreamSource`; without it (evaluation,
             which needs the samples whole) shard specs are read as the other formats, and fail
@@ -164,11 +164,7 @@ def open_source(
     """
     if streaming and streams_shards(spec, samples_per_epoch=samples_per_epoch, split=split):
         return ShardSource(spec, split=split, samples_per_epoch=samples_per_epoch)
-    if images_only:
-        path = Path(spec).expanduser()
-        if demo_version(spec) is None and path.is_dir():
-            return read_image_folder(split_folder(path, split))
-    return read_samples(spec, split=split)
+    return read_samples(spec, split=split, images_only=images_only)
 
 
 def read_samples(
@@ -179,6 +175,7 @@ def read_samples(
     caption_column: str = "title",
     label_column: str | None = None,
     class_template: str = "a photo of a {}.",
+    images_only: bool = False,
 ) -> SampleList:
     """Read the samples of a data set read whole (the map-style formats of :func:`open_source`).
 
@@ -191,6 +188,9 @@ def read_samples(
         label_column: optional CSV/TSV column holding class names.
         class_template: caption for class-folder images; ``{}`` becomes the class name
             (underscores read as spaces).
+        images_only: a folder's or table's images alone, each once, with empty captions (a
+            folder: every image, with or without a caption; a table: its caption and label
+            columns not read, so no row is dropped for its caption); the demo set as it is.
 
     Returns:
         A :class:`SampleList` in a deterministic order (sorted by path for folders, file order
@@ -208,10 +208,12 @@ def read_samples(
     if path.is_file():
         if path.suffix.lower() in TABLE_SUFFIXES:
             return read_table(
-                path, image_column=image_column, caption_column=caption_column, label_column=label_column
+                path, image_column=image_column, caption_column=caption_column, label_column=label_column,
+                images_only=images_only,
             )
         raise DataError(f"unsupported data file {printable(path)} (expected a folder, a .csv or a .tsv)")
-    return read_folder(split_folder(path, split), class_template=class_template)
+    folder = split_folder(path, split)
+    return read_image_folder(folder) if images_only else read_folder(folder, class_template=class_template)
 
 
 def class_names(

@@ -58,7 +58,8 @@ class DetailCLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, E) image embeddings."""
-        return self.embed_cls(self.visual(images), normalize)
+        # Only [CLS] is read, so the last block runs for it alone (forward_cls: a fifth less work at depth 4).
+        return self.embed_cls(self.visual.forward_cls(images)[:, None], normalize)  # (B, D) -> (B, 1, D)
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(B, T) token ids -> (B, E) text embeddings."""

@@ -72,7 +72,7 @@ class Exported:
 
 
 def export_model(spec: str | None, *, to: str, out: Path, weights: str = "student",
-                 pretrained: str | None = None, force: bool = False) -> Exported:
+                 pretrained: str | None = None, force: bool = False, verify: bool = True) -> Exported:
     """Load a model, write it as ``to`` into ``out``, and check the written copy.
 
     Args:
@@ -83,6 +83,7 @@ def export_model(spec: str | None, *, to: str, out: Path, weights: str = "studen
         pretrained: with ``open_clip:NAME``, a pretrained tag or local weights file.
         force: write into a non-empty folder. Only the export's own files are replaced (each
             atomically); nothing else there is touched.
+        verify: check our weights against the SHA-256 their ``config.json`` records.
 
     Raises:
         ExportError: unknown format, an unusable ``out``, no teacher, or an architecture the
@@ -97,7 +98,8 @@ def export_model(spec: str | None, *, to: str, out: Path, weights: str = "studen
         raise ExportError("--pretrained only applies to open_clip:NAME models, which have no teacher")
     out = Path(out)
     check_out_dir(out, force=force)
-    model = load_teacher(spec) if weights == "teacher" else resolve_model(spec, pretrained=pretrained)
+    model = (load_teacher(spec, verify=verify) if weights == "teacher"
+             else resolve_model(spec, pretrained=pretrained, verify=verify))
     model = model.float().eval()
     if to == "open_clip":
         config, state = to_open_clip(model)
@@ -132,12 +134,17 @@ def check_out_dir(out: Path, *, force: bool) -> None:
 # -- which weights ----------------------------------------------------------------------------------
 
 
-def load_teacher(spec: str | None):
+def load_teacher(spec: str | None, *, verify: bool = True):
     """The model of a run folder with its image tower (and head) replaced by the EMA teacher's.
 
     The teacher is the ``objective.teacher.*`` part of ``train_state.safetensors``, saved at
     the same step as the student in ``model.safetensors``. The text tower and projections are
     the student's: the teacher mirrors the image tower only.
+
+    Args:
+        spec: a run folder (None: the shipped model's folder).
+        verify: check the student's weights (``model.safetensors``) and the training state holding
+            the teacher against their recorded SHA-256.
 
     Raises:
         ExportError: the spec is not a run folder with an EMA teacher.
@@ -149,7 +156,7 @@ def load_teacher(spec: str | None):
     if not run.state_file.is_file():
         raise ExportError(f"{spec or folder} has no teacher: --weights teacher needs a run folder with "
                           f"{RunFolder.STATE_FILE} (a saved model keeps the student only)")
-    teacher = {k: v.float() for k, v in run.teacher_weights().items()}
+    teacher = {k: v.float() for k, v in run.teacher_weights(verify=verify).items()}
     if not teacher:
         raise ExportError(f"the run in {folder} trained without a teacher (no removal scores, no distillation)")
     if any(k.startswith("image_proj.") for k in teacher):
@@ -158,7 +165,7 @@ def load_teacher(spec: str | None):
     if len(set(run.checkpoint_steps().values())) > 1:
         raise ExportError(f"the checkpoint files in {folder} are from different steps (an interrupted save, "
                           "which resuming the run finishes)")
-    model = load_model(folder)
+    model = load_model(folder, verify=verify)
     try:
         model.image_tower().load_state_dict(teacher)
     except RuntimeError as exc:

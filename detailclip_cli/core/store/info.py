@@ -23,8 +23,14 @@ TRAINING_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "r
                  "block_size", "score_layer", "w_clip", "w_rec", "w_patch", "w_cls", "simclr_term", "seed")
 
 
-def model_info(spec: str | None, *, pretrained: str | None = None) -> dict[str, Any]:
+def model_info(spec: str | None, *, pretrained: str | None = None, verify: bool = True) -> dict[str, Any]:
     """Describe the model ``spec`` names (as ``--model`` takes it); loads its weights to count them.
+
+    Args:
+        spec: as :func:`resolve_model` takes it (None: the shipped model).
+        pretrained: with ``open_clip:NAME``, a pretrained tag or a local weights file.
+        verify: check the weights against the SHA-256 their ``config.json`` records (``--no-verify``
+            describes a changed file all the same; its ``sha256`` shows the file as it is now).
 
     Returns:
         ``{"model", "kind", "architecture", "mechanisms", "parameters", "weights", "training",
@@ -33,7 +39,7 @@ def model_info(spec: str | None, *, pretrained: str | None = None) -> dict[str, 
         folder may have no run.json). ``detailclip_version`` is this package's version (the one
         a run was trained with is in ``provenance``).
     """
-    model = resolve_model(spec, pretrained=pretrained)
+    model = resolve_model(spec, pretrained=pretrained, verify=verify)
     folder = local_model_folder(spec)
     run = RunFolder(folder) if folder is not None else None
     label = spec or str(shipped_model_dir())

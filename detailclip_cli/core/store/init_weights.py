@@ -57,16 +57,17 @@ def lock_text_(model: nn.Module) -> None:
     model.text.requires_grad_(False)
 
 
-def load_init(spec: str, pretrained: str | None, model_cfg: ModelConfig):
+def load_init(spec: str, pretrained: str | None, model_cfg: ModelConfig, *, verify: bool = True):
     """Load the ``--init`` model and the run's model config with its towers.
 
     Args:
         spec: ``open_clip:NAME``, a run folder or a saved model folder.
         pretrained: with ``open_clip:NAME``, a pretrained tag or a local weights file.
         model_cfg: the preset's or config file's model config (decoder and head are kept).
+        verify: check a model folder's weights against the SHA-256 its ``config.json`` records.
 
     Returns:
         (the model config to train, the loaded init model on the CPU).
     """
-    init = resolve_model(spec, pretrained=pretrained)
+    init = resolve_model(spec, pretrained=pretrained, verify=verify)
     return init_model_config(model_cfg, init.cfg), init

@@ -410,11 +410,19 @@ class RunFolder:
         np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
         return int(meta["step"])
 
-    def teacher_weights(self) -> dict[str, torch.Tensor]:
+    def teacher_weights(self, *, verify: bool = True) -> dict[str, torch.Tensor]:
         """The EMA teacher's weights saved in the training state, by the names of the image tower
-        it mirrors (``visual.*``, ``head.*``); empty for a run trained without a teacher."""
+        it mirrors (``visual.*``, ``head.*``); empty for a run trained without a teacher.
+
+        ``verify`` checks the state file against the SHA-256 ``train_state.json`` records (when it
+        records one: states saved before 0.2 do not).
+        """
+        digest = None
+        if verify and self.state_json.is_file():
+            digest = json.loads(self.state_json.read_text()).get("state_sha256")
         prefix = "objective.teacher."
-        return {k[len(prefix):]: v for k, v in load_tensors(self.state_file).items() if k.startswith(prefix)}
+        tensors = load_tensors(self.state_file, sha256=digest)
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     # -- metrics ------------------------------------------------------------------------------
 

@@ -84,14 +84,15 @@ def adopt_text_tower(student: DetailCLIP, teacher: DetailCLIP) -> None:
 
 
 def load_teacher(spec: str, *, pretrained: str | None = None, out_dir: Path | None = None,
-                 resume: bool = False) -> DetailCLIP:
+                 resume: bool = False, verify: bool = True) -> DetailCLIP:
     """The frozen teacher: resolved from ``spec``, or, when resuming, rebuilt from the run's record.
 
     A resumed run restores the teacher's weights from its training state, so it needs neither
-    the original model nor a download; only the architecture comes from ``run.json``.
+    the original model nor a download; only the architecture comes from ``run.json``. ``verify``
+    checks a model folder's weights against the SHA-256 its ``config.json`` records.
     """
     if not resume:
-        return resolve_model(spec, pretrained=pretrained)
+        return resolve_model(spec, pretrained=pretrained, verify=verify)
     run = RunFolder(out_dir)
     recorded = run.recorded().get("teacher_model")
     if recorded is None:
@@ -103,7 +104,7 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
             device: str = "auto", teacher: str | None = None, pretrained: str | None = None,
             method: str | None = None, local_crops: int | None = None, local_size: int | None = None,
             resume: bool = False, settings: dict[str, Any] | None = None, force: bool = False,
-            shard: bool = False, log_to: LogTo | None = None) -> TrainingRun:
+            shard: bool = False, log_to: LogTo | None = None, verify: bool = True) -> TrainingRun:
     """Distil a student image tower: set the run up now, and return an iterator of its steps.
 
     Without ``teacher``: the image-only objective ``method`` (:data:`OBJECTIVES`; ``ibot``,
@@ -130,6 +131,7 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
         force: start in an ``out_dir`` that holds files, moving them aside (``RunFolder.create``).
         shard: under torchrun, FSDP2 instead of DDP (:mod:`~detailclip_cli.core.training.parallel`).
         log_to: loggers besides ``metrics.jsonl`` (:class:`~detailclip_cli.core.training.loggers.LogTo`).
+        verify: check the teacher's weights against the SHA-256 its ``config.json`` records.
 
     Raises:
         ConfigError, DataError, ModelLoadError: at the call, for unusable settings, data or teacher.
@@ -142,13 +144,13 @@ def distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path = "d
     with released_on_error(lock):
         return _distill(student_cfg, cfg, data=data, out_dir=out_dir, device=device, teacher=teacher,
                         pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
-                        resume=resume, settings=settings, lock=lock, shard=shard, log_to=log_to)
+                        resume=resume, settings=settings, lock=lock, shard=shard, log_to=log_to, verify=verify)
 
 
 def _distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path, out_dir: Path, device: str,
              teacher: str | None, pretrained: str | None, method: str | None, local_crops: int | None,
              local_size: int | None, resume: bool, settings: dict[str, Any] | None, lock: FileLock,
-             shard: bool, log_to: LogTo | None) -> TrainingRun:
+             shard: bool, log_to: LogTo | None, verify: bool = True) -> TrainingRun:
     """:func:`distill` once its run folder is claimed."""
     v = student_cfg.vision
     if teacher is not None and method is not None:
@@ -175,7 +177,8 @@ def _distill(student_cfg: ModelConfig, cfg: TrainConfig, *, data: str | Path, ou
     if teacher is not None:
         # Under its own RNG: the student's initialisation depends on the seed alone, teacher or not.
         with torch.random.fork_rng(devices=[]):
-            teacher_model = load_teacher(teacher, pretrained=pretrained, out_dir=out_dir, resume=resume)
+            teacher_model = load_teacher(teacher, pretrained=pretrained, out_dir=out_dir, resume=resume,
+                                         verify=verify)
         student_cfg = student_config_for(student_cfg, teacher_model.cfg)
     model = DetailCLIP(student_cfg)
     if teacher_model is not None:

@@ -12,6 +12,7 @@ import torch
 from detailclip_cli.core.device import autocast_dtype
 from detailclip_cli.core.use.batching import SkipLog, eval_batches
 from detailclip_cli.errors import UsageError
+from detailclip_cli.core.data import make_eval_transform
 
 
 def check_resolution(model, size: int) -> int:
@@ -74,7 +75,8 @@ def encode_images(model, images: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, E) L2-normalised embeddings.
     """
-    return model.embed_cls(image_tokens(model, images)[0])
+    # Only [CLS] is read: the last block runs for it alone (VisionTransformer.forward_cls).
+    return model.embed_cls(model.visual.forward_cls(images, interpolate_pos=True)[:, None])  # (B, D) -> (B, 1, D)
 
 
 def inference_autocast(model):
@@ -138,8 +140,6 @@ class SetEmbeddings:
 def eval_transform(model, image_size: int) -> Callable:
     """``EvalSetDataset``'s transform for whole-image tasks: shorter side resized to ``image_size``,
     centre crop, the model's normalisation (label maps are not read)."""
-    from detailclip_cli.core.data import make_eval_transform
-
     v = model.cfg.vision
     transform = make_eval_transform(image_size=image_size, mean=v.mean, std=v.std)
     return lambda image, mask, i: {"image": transform(image)}

@@ -79,7 +79,8 @@ def test_demo_layout_and_sizes(demo_cache):
 
 def test_demo_masks_cover_each_object_and_nothing_else(demo_cache):
     """Each object is painted over the photo, marked with its class in the mask, spans at least
-    2 x 2 patches of the tiny preset (8 px), and the mask is 0 everywhere else."""
+    2 x 2 patches of the tiny preset (8 px; the smallest ellipse is 17 px across), and the mask
+    is 0 everywhere else."""
     root = demo_root()
     counts = []
     for split in ("train", "val"):
@@ -102,7 +103,7 @@ def test_demo_masks_cover_each_object_and_nothing_else(demo_cache):
             counts.append(len(record["objects"]))
             caption = (folder / f"{record['id']}.txt").read_text().strip()
             assert caption == record["caption"] and record["label"] in caption
-    assert set(counts) == {1, 2, 3}
+    assert set(counts) == {1, 2}  # two in about one image of eight (they must not overlap)
 
 
 def test_demo_patterns_are_two_coloured_and_colours_do_not_give_the_class(demo_cache):

@@ -5,6 +5,7 @@ Everything runs on a shrunken ``tiny`` preset (8x8 patch grid, depth 2, small te
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -128,6 +129,24 @@ def test_forward_tokens_on_a_subset(vit):
     # without positional terms added later, the [CLS] output does not depend on token order
     torch.testing.assert_close(shuffled[:, 0], out[:, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(shuffled[:, 1:], out[:, 1:].flip(1), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_cls_equals_the_full_forwards_cls_token(vit):
+    vit = copy.deepcopy(vit).double()  # float64: the two orders of work agree to rounding far below any tolerance that matters
+    images = _images(n=3, seed=4).double()
+    with torch.no_grad():
+        full = vit(images)[:, 0]  # (B, D)
+        torch.testing.assert_close(vit.forward_cls(images), full, rtol=0, atol=1e-12)
+        bigger = _images(n=1, seed=5, size=80).double()  # another grid: the position embedding resampled
+        tokens, _ = vit.forward_tokens(vit.embed_patches(bigger, interpolate_pos=True))
+        torch.testing.assert_close(vit.forward_cls(bigger, interpolate_pos=True), tokens[:, 0], rtol=0, atol=1e-12)
+
+
+def test_encode_image_reads_the_cls_token_of_the_full_forward(model):
+    images = _images(n=2, seed=6)
+    with torch.no_grad():
+        full = torch.nn.functional.normalize(model.image_proj(model.visual(images)[:, 0]), dim=-1)
+        torch.testing.assert_close(model.encode_image(images), full, rtol=0, atol=1e-6)
 
 
 def test_embed_patches_rejects_the_wrong_image_size(vit):

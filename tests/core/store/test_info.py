@@ -32,7 +32,7 @@ def test_info_of_the_shipped_model_as_json():
     weights = shipped_model_dir() / "model.safetensors"
     assert record["weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert record["weights"]["tensors_by_dtype"] == {"F16": 125}  # shipped in half precision
-    assert record["training"]["steps"] == 1500 and record["training"]["seed"] == 0
+    assert record["training"]["steps"] == 600 and record["training"]["seed"] == 0
     assert record["provenance"]["torch_version"].startswith("2.")
     assert record["detailclip_version"] == __version__  # of the package describing it
 

@@ -34,6 +34,7 @@ def _hold(folder) -> subprocess.Popen:
 @pytest.mark.slow
 def test_a_second_claim_is_refused_naming_the_holder_then_free_after_its_death(tmp_path):
     run = RunFolder(tmp_path / "run")
+    run.path.mkdir()  # a resumed run's folder exists (claiming a missing one to resume is refused)
     holder = _hold(run.path)
     try:
         with pytest.raises(LockedError, match=f"being written by process {holder.pid}") as info:

@@ -42,3 +42,20 @@ def test_load_images_is_one_batch_for_the_model(tmp_path, model):
         batching.load_images([wide, bad], model)
     with pytest.raises(DataError, match="no images"):
         batching.load_images([], model)
+
+
+@pytest.mark.parametrize("device, threads, expected", [
+    (None, 1, 7),          # an accelerator (or no model yet): every core but the main process's
+    ("cuda", 8, 7),
+    ("cpu", 8, 0),         # torch's threads already run on all 8 cores: nothing left for workers
+    ("cpu", 1, 7),         # OMP_NUM_THREADS=1: the other 7 cores decode
+    ("cpu", 3, 5),
+])
+def test_default_workers_counts_the_cores_the_model_leaves_free(monkeypatch, device, threads, expected):
+    monkeypatch.setattr(batching.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(batching.torch, "get_num_threads", lambda: threads)
+    assert batching.default_workers(1000, device=device) == expected
+    assert batching.default_workers(10, device=device) == 0  # a handful of images: no worker start-up
+    monkeypatch.setattr(batching.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    busy = threads if device == "cpu" else 1
+    assert batching.default_workers(device=device) == min(batching.MAX_DEFAULT_WORKERS, 64 - busy)  # capped

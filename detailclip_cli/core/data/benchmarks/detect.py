@@ -23,6 +23,7 @@ from detailclip_cli.core.data.benchmarks.ours import (
 from detailclip_cli.core.data.demo import demo_version
 from detailclip_cli.core.data.formats.table import TABLE_SUFFIXES
 from detailclip_cli.core.data.samples import DataError, printable
+from detailclip_cli.core.data.walk import is_image_file
 
 
 class Layout(StrEnum):
@@ -90,8 +91,6 @@ def detect_layout(spec: str | Path) -> Layout:
 
 
 def _holds_images(path: Path) -> bool:
-    from detailclip_cli.core.data.walk import is_image_file
-
     return any(is_image_file(p) for p in path.rglob("*") if p.is_file())
 
 

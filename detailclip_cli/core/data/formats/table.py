@@ -4,6 +4,11 @@ label column); relative paths are relative to the table's folder.
 Bad rows do not abort the table: a row naming no existing image is skipped, a caption empty
 after cleaning skips its row, and an exact repeat of an earlier row is dropped, each counted in
 the :class:`ReadReport`. Only a table with nothing usable left is an error.
+
+Read for its images only (``images_only``, as ``distill`` reads data), the caption and label
+columns are not read at all: a row with an empty or missing caption keeps its image, each image
+is kept once (a repeat is counted as a duplicate), and every sample's caption is empty, as
+:func:`~detailclip_cli.core.data.formats.folder.read_image_folder` gives a folder's images.
 """
 
 from __future__ import annotations
@@ -25,14 +30,17 @@ from detailclip_cli.core.data.samples import (
 TABLE_SUFFIXES = (".csv", ".tsv")
 
 
-def read_table(path: Path, *, image_column: str, caption_column: str, label_column: str | None) -> SampleList:
+def read_table(path: Path, *, image_column: str, caption_column: str, label_column: str | None,
+               images_only: bool = False) -> SampleList:
     """The samples of a table, in file order.
 
     Args:
         path: the ``.csv`` or ``.tsv`` file (any other suffix is sniffed for its delimiter).
         image_column: the column holding image paths.
-        caption_column: the column holding captions.
-        label_column: the column holding class names, if any.
+        caption_column: the column holding captions (not read with ``images_only``).
+        label_column: the column holding class names, if any (not read with ``images_only``).
+        images_only: read the images alone, each once, with empty captions (see the module
+            docstring); only ``image_column`` must exist.
 
     Raises:
         DataError: the table is empty, unreadable, lacks a column, or has no usable row.
@@ -52,7 +60,8 @@ def read_table(path: Path, *, image_column: str, caption_column: str, label_colu
             f.seek(0)
             reader = csv.DictReader(f, delimiter=_detect_delimiter(path, head))
             columns = list(reader.fieldnames or [])
-            wanted = [image_column, caption_column] + ([label_column] if label_column else [])
+            wanted = [image_column] if images_only else [image_column, caption_column] + (
+                [label_column] if label_column else [])
             for column in wanted:
                 if column not in columns:
                     raise DataError(f"column {column!r} not found in {shown}; columns are: {_list_columns(columns)}")
@@ -66,12 +75,13 @@ def read_table(path: Path, *, image_column: str, caption_column: str, label_colu
                 if not image.is_file():
                     report.note("missing_images", f"{where}: {printable(image)}")
                     continue
-                caption = accept_caption(row.get(caption_column) or "", where, report)
-                if caption is None:
-                    continue
-                label = None
-                if label_column:
-                    label = clean_caption(row.get(label_column) or "").text or None
+                caption, label = "", None  # images only: never read, so an empty caption cannot cost the image
+                if not images_only:
+                    caption = accept_caption(row.get(caption_column) or "", where, report)
+                    if caption is None:
+                        continue
+                    if label_column:
+                        label = clean_caption(row.get(label_column) or "").text or None
                 key = (os.path.normpath(image), caption, label)
                 if key in seen:
                     report.note("duplicates", where)
