@@ -32,17 +32,9 @@ from detailclip_cli.core.config import VisionConfig
 from detailclip_cli.core.data import AugmentConfig, demo_root, generate_demo, read_samples
 from detailclip_cli.core.data.dataset import EvalDataset, TwoViewDataset
 from detailclip_cli.core.model.vit import VisionTransformer
+from demo_bounds import cnn  # the same small CNN as the demo bounds (examples/ is on sys.path)
 
 MEAN, STD = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
-
-
-def cnn(num_classes: int) -> nn.Module:
-    def stage(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-
-    return nn.Sequential(*stage(3, 32), nn.MaxPool2d(2), *stage(32, 64), nn.MaxPool2d(2), *stage(64, 128),
-                         nn.MaxPool2d(2), *stage(128, 128), nn.MaxPool2d(2), *stage(128, 128),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes))
 
 
 class ViTClassifier(nn.Module):

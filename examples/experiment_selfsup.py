@@ -131,11 +131,12 @@ def summarise(records: list[dict], out: Path, *, images: int) -> None:
         pts = sorted((r["batch_size"], r["knn_top1"]) for r in records if r["group"] == "batch" and r["method"] == method)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (same images seen)")
-    ax.set_ylabel("k-NN top-1")
-    ax.legend(fontsize=8)
-    fig.savefig(out / "batch.png", dpi=110)
+    if ax.lines:  # the batch group ran
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size (same images seen)")
+        ax.set_ylabel("k-NN top-1")
+        ax.legend(fontsize=8)
+        fig.savefig(out / "batch.png", dpi=110)
 
     dino = [r for r in records if r["method"] == "dino" and r["batch_size"] == records[0]["batch_size"]
             and r["group"] in ("batch", "collapse") and r["variant"] in ("default", "no centring", "no EMA")]
