@@ -21,7 +21,9 @@ DetailCLIP model at its seeded initialisation) is evaluated alike. Writes, under
     results.md      mean +- std over seeds per arm, and the settings
     results.png     bar charts with error bars
 
-Runs already in runs.jsonl (same steps, batch and preset) are skipped, so an interrupted
+600 steps at batch 48 by default: the shipped model's budget, at which DetailCLIP reads demo
+v6's patterns (86.6 % zero-shot; 300 steps gave 38 %). Runs already in runs.jsonl (same data,
+steps, batch and preset) are skipped, so an interrupted
 experiment continues where it stopped. One command (CPU defaults; ``--device cuda --preset
 small`` on a GPU)::
 
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/experiments/methods"))
     parser.add_argument("--data", default="demo")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--arms", default=",".join([*ARMS, UNTRAINED]),
