@@ -71,8 +71,8 @@ def demo_version(spec: str | Path) -> str | None:
     return version
 
 
-def demo_classes_of(version: str = LATEST_DEMO) -> list[str]:
-    """The class names of a demo version, in label order."""
+def demo_classes(version: str = LATEST_DEMO) -> list[str]:
+    """The class names of a demo version, in label order (what its ``classes.json`` holds)."""
     return list(COLOURS) if version == "v5" else list(demo_textures.PATTERNS)
 
 
@@ -139,7 +139,7 @@ def generate_demo(out_dir: Path, *, version: str = LATEST_DEMO, seed: int = DEMO
         raise DataError(f"unknown demo version {version!r} (there are {', '.join(DEMO_VERSIONS)})")
     out_dir = Path(out_dir)
     sizes = DEMO_SPLIT_SIZES if sizes is None else sizes
-    classes = demo_classes_of(version)
+    classes = demo_classes(version)
     painters = _digit_painters(seed) if version == "v5" else _pattern_painters()
     (out_dir / "classes.json").write_text(json.dumps(classes) + "\n")
     for split, size in sizes.items():

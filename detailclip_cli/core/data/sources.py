@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from detailclip_cli.core.data.dataset import TwoViewDataset
-from detailclip_cli.core.data.demo import demo_version
-from detailclip_cli.core.data.formats.demo import demo_classes, read_demo
+from detailclip_cli.core.data.demo import demo_classes, demo_version
+from detailclip_cli.core.data.formats.demo import read_demo
 from detailclip_cli.core.data.formats.folder import read_folder, read_image_folder
 from detailclip_cli.core.data.formats.table import TABLE_SUFFIXES, read_table
 from detailclip_cli.core.data.samples import (

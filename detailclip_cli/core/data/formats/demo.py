@@ -4,8 +4,6 @@ by :mod:`detailclip_cli.core.data.demo`)."""
 
 from __future__ import annotations
 
-import json
-
 from detailclip_cli.core.data.demo import LATEST_DEMO, demo_root
 from detailclip_cli.core.data.formats.folder import read_folder
 from detailclip_cli.core.data.samples import DataError, SampleList
@@ -28,7 +26,3 @@ def read_demo(split: str, *, class_template: str, version: str = LATEST_DEMO) ->
     samples.chiral = version == "v5"
     return samples
 
-
-def demo_classes(version: str = LATEST_DEMO) -> list[str]:
-    """A demo set's class names in label order (its ``classes.json``)."""
-    return list(json.loads((demo_root(version=version) / "classes.json").read_text()))
