@@ -73,7 +73,7 @@ def configs(arm: str, *, preset: str, steps: int, batch_size: int, seed: int):
     return model_cfg, train_cfg
 
 
-def evaluate(model, data: str, *, seed: int, device: str) -> dict:
+def evaluate(model, data: str, *, seed: int) -> dict:
     """Every arm's metrics on the validation split, with the protocols' settings."""
     from detailclip_cli.core.use.dense import DenseProbeConfig
     from detailclip_cli.core.use.evaluate import run_evaluation
@@ -101,7 +101,7 @@ def run_arm(arm: str, seed: int, *, data: str, preset: str, steps: int, batch_si
     if arm == UNTRAINED:
         seed_everything(seed)
         model = DetailCLIP(load_preset(preset)[0]).to(device).eval()
-        return {"arm": arm, "seed": seed, **evaluate(model, data, seed=seed, device=device),
+        return {"arm": arm, "seed": seed, **evaluate(model, data, seed=seed),
                 "time": {"per_step": 0.0}}
     model_cfg, train_cfg = configs(arm, preset=preset, steps=steps, batch_size=batch_size, seed=seed)
     out = work / f"{arm.replace(' ', '-')}-s{seed}"
@@ -110,7 +110,7 @@ def run_arm(arm: str, seed: int, *, data: str, preset: str, steps: int, batch_si
         pass
     per_step = (time.perf_counter() - t0) / steps
     model = load_model(out).to(device).eval()
-    return {"arm": arm, "seed": seed, **evaluate(model, data, seed=seed, device=device),
+    return {"arm": arm, "seed": seed, **evaluate(model, data, seed=seed),
             "time": {"per_step": per_step}}
 
 
