@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from detailclip_cli.core.data.demo_photos import BACKGROUNDS, COLOURS
+from detailclip_cli.core.data.demo_photos import BACKGROUNDS, COLOURS, random_crop
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -93,13 +93,7 @@ def compose(
     """
     names = list(BACKGROUNDS)
     bg_name = names[int(rng.integers(len(names)))]
-    photo = backgrounds[bg_name]
-    short = min(photo.size)
-    side = int(rng.integers(int(0.35 * short), short + 1))
-    left = int(rng.integers(photo.width - side + 1))
-    top = int(rng.integers(photo.height - side + 1))
-    crop = photo.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
-    image = np.asarray(crop, dtype=np.float32)
+    image = random_crop(rng, backgrounds[bg_name], size)
 
     # Smooth upscaling turns the 8x8 grid into strokes; alpha in [0, 1] keeps soft edges. The
     # zero border lets strokes that touch the 8x8 edge fade out instead of ending in a hard line.

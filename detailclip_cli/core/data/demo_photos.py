@@ -53,3 +53,14 @@ def load_backgrounds() -> dict[str, Image.Image]:
             photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.LANCZOS)
         out[name] = photo
     return out
+
+
+def random_crop(rng: np.random.Generator, photo: Image.Image, size: int) -> np.ndarray:
+    """A random square crop of ``photo`` (35-100 % of its shorter side) resized to ``size``
+    pixels, as float32 RGB ``(size, size, 3)``; three draws from ``rng``: side, left, top."""
+    short = min(photo.size)
+    side = int(rng.integers(int(0.35 * short), short + 1))
+    left = int(rng.integers(photo.width - side + 1))
+    top = int(rng.integers(photo.height - side + 1))
+    crop = photo.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    return np.asarray(crop, dtype=np.float32).copy()
