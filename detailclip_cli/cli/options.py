@@ -34,7 +34,7 @@ OUTPUT = "Output"  # what is written, where and how often
 # -- data, device, output ------------------------------------------------------------------------------
 DataOpt = Annotated[str, typer.Option(
     "--data", metavar="PATH", rich_help_panel=DATA,
-    help="Training data: 'demo', a folder (images + .txt captions, or class sub-folders), a CSV/TSV file, "
+    help="Training data: 'demo' (or 'demo:v5', 0.1's set), a folder (images + .txt captions, or class sub-folders), a CSV/TSV file, "
     "or webdataset tar shards ('shards/{000000..000099}.tar', one .tar, or a folder of them; see "
     "`detailclip shard`), also streamed: 'pipe:cat s-{000..009}.tar', http(s):// URLs, .tar.gz/.tgz.")]
 DeviceOpt = Annotated[str, typer.Option(
