@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from detailclip_cli.core.config import TrainConfig, load_preset
+from detailclip_cli.core.store import checkpoint as checkpoint_mod
 from detailclip_cli.core.store import run as run_mod
 from detailclip_cli.core.store.io import MODEL_FILE, load_tensors
 from detailclip_cli.core.store.run import RunFolder
@@ -142,7 +143,7 @@ def _tiny_run_configs():
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(demo_cache, tmp_path, monkeypatch):
     model_cfg, train_cfg = _tiny_run_configs()
     out = tmp_path / "run"
-    real = run_mod.save_tensors
+    real = checkpoint_mod.save_tensors
     calls = {"n": 0}
 
     def failing_save(path, tensors, metadata=None):
@@ -152,14 +153,14 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(demo_cache, tmp_p
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, tensors, metadata)
 
-    monkeypatch.setattr(run_mod, "save_tensors", failing_save)
+    monkeypatch.setattr(checkpoint_mod, "save_tensors", failing_save)
     with pytest.raises(TrainingError, match="step 2 .*No space left on device.*previous checkpoint") as info:
         list(train(model_cfg, train_cfg, data="demo", out_dir=out, device="cpu"))
     assert "\n" not in str(info.value)
     assert not RunFolder(out).stage_dir.exists()
     assert RunFolder(out).checkpoint_step() == 1
     assert run_mod.step_tag(out / MODEL_FILE) == "1"
-    monkeypatch.setattr(run_mod, "save_tensors", real)
+    monkeypatch.setattr(checkpoint_mod, "save_tensors", real)
     # The previous checkpoint loads and the run resumes from it.
     steps = [i.step for i in train(model_cfg, train_cfg, out_dir=out, device="cpu", resume=True)]
     assert steps == [2, 3]
