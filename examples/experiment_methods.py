@@ -119,7 +119,9 @@ def summarise(records: list[dict], out: Path, *, title: str) -> None:
     for arm in [*ARMS, UNTRAINED]:
         runs = [r for r in records if r["arm"] == arm]
         if runs:
-            rows[arm] = {label: [r[group][key] for r in runs] for label, group, key in METRICS}
+            # a figure recorded as null (a step time taken on shared cores) is left out of its mean
+            rows[arm] = {label: [r[group][key] for r in runs if r[group].get(key) is not None]
+                         for label, group, key in METRICS}
     lines = [title, "", "| arm | " + " | ".join(m[0] for m in METRICS) + " | n |",
              "|---|" + "---|" * (len(METRICS) + 1)]
     for arm, cells in rows.items():
@@ -128,7 +130,7 @@ def summarise(records: list[dict], out: Path, *, title: str) -> None:
             mean, spread = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
             digits = 2 if label == "s / step" else 3
             fmt.append(f"{mean:.{digits}f} ± {spread:.{digits}f}")
-        lines.append(f"| {arm} | " + " | ".join(fmt) + f" | {len(next(iter(cells.values())))} |")
+        lines.append(f"| {arm} | " + " | ".join(fmt) + f" | {len(cells[METRICS[0][0]])} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
