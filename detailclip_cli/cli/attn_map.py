@@ -10,7 +10,7 @@ import typer
 
 from detailclip_cli.cli import options as opts
 from detailclip_cli.cli.console import err_console, one_line
-from detailclip_cli.cli.inputs import ImageFeed, gather_images, load_model, run_defaults
+from detailclip_cli.cli.inputs import ImageFeed, load_probe_model, require_images
 from detailclip_cli.cli.output import PictureOrJson, finish, unique_name, write_json
 from detailclip_cli.core.store.shipped import model_name
 
@@ -57,18 +57,14 @@ def attn_map(
       detailclip attn-map photo.jpg --format json > scores.json
     """
     console = err_console()
-    paths, failed = gather_images(images, console)
-    if not paths:
-        finish(failed)
-        return
+    paths, failed = require_images(images, console)
 
     # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.use.batching import to_pixels
-    from detailclip_cli.core.use.probes import attention_maps, check_removal
+    from detailclip_cli.core.use.probes import attention_maps
 
-    net = load_model(model, pretrained, device, console, verify=not no_verify)
-    layer, block_size = run_defaults(model, net, layer=layer, block_size=block_size)
-    check_removal(net, keep_ratio, block_size)
+    net, layer, block_size = load_probe_model(model, pretrained, device, console, verify=not no_verify,
+                                              layer=layer, block_size=block_size, keep_ratio=keep_ratio)
     v = net.cfg.vision
 
     records, used = [], set()

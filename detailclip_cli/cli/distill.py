@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from detailclip_cli.cli import options as opts
-from detailclip_cli.cli.console import drive, err_console, removal_summary, say
+from detailclip_cli.cli.console import drive, err_console, removal_summary
 from detailclip_cli.cli.output import default_run_dir
+from detailclip_cli.cli.training import TrainOptions, train_options
 from detailclip_cli.core.choices import DistillMethod, one_of
 from detailclip_cli.core.config import ConfigError
 from detailclip_cli.errors import UsageError
@@ -53,6 +54,7 @@ LocalSizeOpt = Annotated[Optional[int], typer.Option(
     "rounded up to whole patches.")]
 
 
+@train_options
 def distill(
     # -- data
     data: ImagesDataOpt = "demo",
@@ -75,34 +77,8 @@ def distill(
     local_size: LocalSizeOpt = None,
     no_reconstruct: opts.NoReconstructOpt = False,
     reconstruct: ReconstructOpt = False,
-    w_rec: opts.WRecOpt = None,
-    w_patch: opts.WPatchOpt = None,
-    w_cls: opts.WClsOpt = None,
-    # -- optimisation
-    steps: opts.StepsOpt = None,
-    epochs: opts.EpochsOpt = None,
-    batch_size: opts.TrainBatchOpt = None,
-    lr: opts.LrOpt = None,
-    weight_decay: opts.WeightDecayOpt = None,
-    warmup_steps: opts.WarmupOpt = None,
-    seed: opts.SeedOpt = None,
-    # -- scale
-    device: opts.DeviceOpt = "auto",
-    precision: opts.PrecisionOpt = None,
-    accum_steps: opts.AccumOpt = None,
-    grad_checkpointing: opts.GradCkptOpt = None,
-    no_grad_checkpointing: opts.NoGradCkptOpt = False,
-    compile: opts.CompileOpt = None,
-    no_compile: opts.NoCompileOpt = False,
-    shard: opts.ShardOpt = False,
-    # -- output
-    out: opts.OutOpt = None,
-    force: opts.ForceOpt = False,
-    resume: opts.ResumeOpt = None,
-    log_every: opts.LogEveryOpt = None,
-    save_every: opts.SaveEveryOpt = None,
-    log_to: opts.LogToOpt = None,
-    log_images_every: opts.LogImagesEveryOpt = 0,
+    # -- loss weights, optimisation, scale, output: shared with pretrain
+    train: TrainOptions = TrainOptions(),
 ) -> None:
     """Distil a student from a teacher using images only (captions are not needed); writes a run folder.
 
@@ -132,30 +108,18 @@ def distill(
     """
     # The core loads only when a command runs, so --help stays fast.
     from detailclip_cli.core.training.distill import method_configs
-    from detailclip_cli.core.training.settings import (
-        check_run,
-        epoch_samples,
-        new_configs,
-        overrides,
-        resume_configs,
-    )
+    from detailclip_cli.core.training.settings import epoch_samples, new_configs, resume_configs
 
-    given = overrides(
+    given = train.overrides(
         samples_per_epoch=samples_per_epoch, max_bad_fraction=max_bad_fraction, workers=workers,
-        removal=removal, keep_ratio=keep_ratio, block_size=block_size, score_layer=score_layer,
-        w_rec=w_rec, w_patch=w_patch, w_cls=w_cls,
-        steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed,
-        precision=precision, accum_steps=accum_steps,
-        grad_checkpointing=opts.switch(grad_checkpointing, no_grad_checkpointing, "grad-checkpointing"),
-        compile=opts.switch(compile, no_compile, "compile"),
-        log_every=log_every, save_every=save_every,
-    )
+        removal=removal, keep_ratio=keep_ratio, block_size=block_size, score_layer=score_layer)
     if no_reconstruct and reconstruct:
         raise ConfigError("give --reconstruct or --no-reconstruct, not both")
+    resume = train.resume
     if resume is not None:
-        fixed = (teacher, pretrained, method, student, config, local_crops, local_size, epochs)
+        fixed = (teacher, pretrained, method, student, config, local_crops, local_size, train.epochs)
         model_cfg, train_cfg, settings = resume_configs(
-            resume, given, other_options=no_reconstruct or reconstruct or force or no_verify
+            resume, given, other_options=no_reconstruct or reconstruct or train.force or no_verify
             or any(x is not None for x in fixed))
         if settings.get("command") != "distill":
             raise ConfigError(f"{resume} is not a distill run (resume it with detailclip {settings.get('command', 'pretrain')})")
@@ -166,28 +130,22 @@ def distill(
         settings = {k: v for k, v in settings.items() if k in ("student",)}
     else:
         model_cfg, train_cfg = new_configs(
-            student, config, given, epochs=epochs, preset_option="--student",
+            student, config, given, epochs=train.epochs, preset_option="--student",
             count_samples=lambda: epoch_samples(data, samples_per_epoch=samples_per_epoch, images_only=True))
         if no_reconstruct:
             model_cfg.decoder = None
         if teacher is None:
             model_cfg, train_cfg = method_configs(method or DistillMethod.ibot, model_cfg, train_cfg,
                                                   removal_chosen=removal is not None, reconstruct=reconstruct)
-        out_dir = out or default_run_dir("distill")
+        out_dir = train.out or default_run_dir("distill")
         settings = {"student": student or ("tiny" if config is None else None)}
         if no_verify and teacher is None:
             raise UsageError("--no-verify goes with --teacher MODEL (the only model distill loads)")
 
-    # Every setting checked in one place, before any work (a resumed run's too: --steps may change).
-    from detailclip_cli.cli.pretrain import log_spec
-    from detailclip_cli.core.training.loggers import parse_log_to
-
-    loggers = parse_log_to(log_to)  # an unknown or absent logger fails now, before any work
-    for warning in check_run(model_cfg, train_cfg, given):
-        say(err_console(), f"warning: {warning}", style="yellow")
-    run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
+    loggers = train.check(model_cfg, train_cfg, given)
+    run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=train.device, resume=resume is not None,
         teacher=teacher, pretrained=pretrained, method=method, local_crops=local_crops, local_size=local_size,
-        settings=settings, force=force, shard=shard, log_to=log_spec(loggers, log_images_every, data),
+        settings=settings, force=train.force, shard=train.shard, log_to=train.log_spec(loggers, data),
         verify=not no_verify)
 
 

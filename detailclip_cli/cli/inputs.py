@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from detailclip_cli.cli.console import one_line, say, stage_progress
+from detailclip_cli.cli.output import finish
 from detailclip_cli.core.choices import ScoreLayer
 from detailclip_cli.errors import UsageError
 from detailclip_cli.core.store.shipped import model_name
@@ -46,10 +47,8 @@ class Inputs:
 
 def expand_inputs(args: list[str], *, stdin: TextIO | None = None) -> Inputs:
     """Expand files, folders, globs and ``-`` into a de-duplicated, ordered list of paths."""
-    from detailclip_cli.core.data import (  # the data layer loads torch: only when run
-        image_files,
-        is_image_file,
-    )
+    # imported on use, not at the top: the data layer (walk, samples) stays out of --help (~3 ms)
+    from detailclip_cli.core.data import image_files, is_image_file
 
     out = Inputs()
     seen: set[Path] = set()
@@ -141,6 +140,19 @@ def gather_images(images: Sequence[str] | None, console) -> tuple[list[Path], in
     return inputs.paths, failed
 
 
+def require_images(images: Sequence[str] | None, console) -> tuple[list[Path], int]:
+    """:func:`gather_images` for a command that reads images only: with none found, it stops here
+    with exit code 1 (each argument that gave none is already named on stderr).
+
+    Returns:
+        (paths, at least one; number of arguments that failed).
+    """
+    paths, failed = gather_images(images, console)
+    if not paths:
+        finish(failed)  # failed >= 1 here: gather_images counts "no images at all" as one
+    return paths, failed
+
+
 class ImageFeed:
     """Batches of loaded images on the model's device; each unreadable file is named on stderr.
 
@@ -204,3 +216,21 @@ def run_defaults(spec: str | None, model, *, layer: str | None, block_size: int 
     if block_size is None:
         block_size = default_block_size(model, int(settings.get("block_size", 2)))
     return check_layer(model, layer), block_size
+
+
+def load_probe_model(spec: str | None, pretrained: str | None, device: str, console, *, verify: bool,
+                     layer: str | None, block_size: int | None, keep_ratio: float) -> tuple[Any, Any, int]:
+    """The model a probe (attn-map, reconstruct) looks into, said on stderr (:func:`load_model`),
+    with the score layer and block size to use (:func:`run_defaults`), checked against it and
+    ``keep_ratio`` before any image is read.
+
+    Returns:
+        (model, layer, block_size).
+    """
+    # imported on use, not at the top: --help must not load torch (start-up time)
+    from detailclip_cli.core.use.probes import check_removal
+
+    model = load_model(spec, pretrained, device, console, verify=verify)
+    layer, block_size = run_defaults(spec, model, layer=layer, block_size=block_size)
+    check_removal(model, keep_ratio, block_size)
+    return model, layer, block_size

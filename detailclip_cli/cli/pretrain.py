@@ -8,12 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from detailclip_cli.cli import options as opts
-from detailclip_cli.cli.console import drive, err_console, removal_summary, say
+from detailclip_cli.cli.console import drive, err_console, removal_summary
 from detailclip_cli.cli.output import default_run_dir
+from detailclip_cli.cli.training import TrainOptions, train_options
 from detailclip_cli.core.recipes import DEFAULT_RECIPE, LIST, RECIPES, all_recipes, load_recipe
 from detailclip_cli.errors import UsageError
 
 
+@train_options
 def pretrain(
     # -- data
     data: opts.DataOpt = "demo",
@@ -54,34 +56,8 @@ def pretrain(
     no_reconstruct: opts.NoReconstructOpt = False,
     w_clip: Annotated[Optional[float], typer.Option(
         "--w-clip", metavar="F", rich_help_panel=opts.METHOD, help="Weight of the CLIP loss.")] = None,
-    w_rec: opts.WRecOpt = None,
-    w_patch: opts.WPatchOpt = None,
-    w_cls: opts.WClsOpt = None,
-    # -- optimisation
-    steps: opts.StepsOpt = None,
-    epochs: opts.EpochsOpt = None,
-    batch_size: opts.TrainBatchOpt = None,
-    lr: opts.LrOpt = None,
-    weight_decay: opts.WeightDecayOpt = None,
-    warmup_steps: opts.WarmupOpt = None,
-    seed: opts.SeedOpt = None,
-    # -- scale
-    device: opts.DeviceOpt = "auto",
-    precision: opts.PrecisionOpt = None,
-    accum_steps: opts.AccumOpt = None,
-    grad_checkpointing: opts.GradCkptOpt = None,
-    no_grad_checkpointing: opts.NoGradCkptOpt = False,
-    compile: opts.CompileOpt = None,
-    no_compile: opts.NoCompileOpt = False,
-    shard: opts.ShardOpt = False,
-    # -- output
-    out: opts.OutOpt = None,
-    force: opts.ForceOpt = False,
-    resume: opts.ResumeOpt = None,
-    log_every: opts.LogEveryOpt = None,
-    save_every: opts.SaveEveryOpt = None,
-    log_to: opts.LogToOpt = None,
-    log_images_every: opts.LogImagesEveryOpt = 0,
+    # -- the other loss weights, optimisation, scale, output: shared with distill
+    train: TrainOptions = TrainOptions(),
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", metavar="", rich_help_panel=opts.OUTPUT,
         help="Print parameter counts, FLOPs per step and the peak memory of one step, then stop (nothing is "
@@ -114,42 +90,29 @@ def pretrain(
     if recipe is not None:
         load_recipe(recipe)  # an unknown name fails now, before torch loads (a second or two)
     # The core loads only when a command runs, so --help stays fast.
-    from detailclip_cli.core.training.settings import (
-        check_run,
-        epoch_samples,
-        new_configs,
-        overrides,
-        resume_configs,
-    )
+    from detailclip_cli.core.training.settings import epoch_samples, new_configs, resume_configs
 
-    given = overrides(
+    given = train.overrides(
         samples_per_epoch=samples_per_epoch, max_bad_fraction=max_bad_fraction, workers=workers,
-        removal=removal, keep_ratio=keep_ratio, block_size=block_size, score_layer=score_layer,
-        w_clip=w_clip, w_rec=w_rec, w_patch=w_patch, w_cls=w_cls,
-        steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed,
-        precision=precision, accum_steps=accum_steps,
-        grad_checkpointing=opts.switch(grad_checkpointing, no_grad_checkpointing, "grad-checkpointing"),
-        compile=opts.switch(compile, no_compile, "compile"),
-        log_every=log_every, save_every=save_every,
-    )
-    if resume is not None:
+        removal=removal, keep_ratio=keep_ratio, block_size=block_size, score_layer=score_layer, w_clip=w_clip)
+    if train.resume is not None:
         model_cfg, train_cfg, settings = resume_configs(
-            resume, given, other_options=bool(preset is not None or config or recipe or no_distill or no_reconstruct
-                                              or epochs is not None or init or pretrained or lock_text or force
-                                              or no_verify))
-        data, out_dir = settings["data"], resume
+            train.resume, given, other_options=bool(
+                preset is not None or config or recipe or no_distill or no_reconstruct or train.epochs is not None
+                or init or pretrained or lock_text or train.force or no_verify))
+        data, out_dir = settings["data"], train.resume
         lock_text, init_model = bool(settings.get("lock_text", False)), None  # the weights come from the checkpoint
         # The run's recipe stays: its switches are in the recorded configs, its name in run.json.
         settings = {k: v for k, v in settings.items() if k in ("preset", "recipe")}
     else:
         recipe = recipe or DEFAULT_RECIPE
-        model_cfg, train_cfg = new_configs(preset, config, given, epochs=epochs, recipe=recipe,
+        model_cfg, train_cfg = new_configs(preset, config, given, epochs=train.epochs, recipe=recipe,
                                            count_samples=lambda: epoch_samples(data, samples_per_epoch=samples_per_epoch))
         if no_distill:
             model_cfg.head = None
         if no_reconstruct:
             model_cfg.decoder = None
-        out_dir = out or default_run_dir("pretrain")
+        out_dir = train.out or default_run_dir("pretrain")
         init_model = None
         if init is not None:
             # imported on use, not at the top: --help must not load torch (start-up time)
@@ -163,28 +126,12 @@ def pretrain(
         settings = {"preset": preset or ("tiny" if config is None else None), "recipe": recipe, "command": "pretrain",
                     "init": init, "init_pretrained": pretrained, "lock_text": lock_text}
 
-    # Every setting checked in one place, before any work (a resumed run's too: --steps may change).
-    from detailclip_cli.core.training.loggers import parse_log_to
-
-    loggers = parse_log_to(log_to)  # an unknown or absent logger fails now, before any work
-    console = err_console()
-    for warning in check_run(model_cfg, train_cfg, given, init=init, lock_text=lock_text and resume is None):
-        say(console, f"warning: {warning}", style="yellow")
+    loggers = train.check(model_cfg, train_cfg, given, init=init, lock_text=lock_text and train.resume is None)
     if dry_run:
-        return report_dry_run(model_cfg, train_cfg, device)
-    run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=device, resume=resume is not None,
-        settings=settings, init=init_model, lock_text=lock_text, force=force, shard=shard,
-        log_to=log_spec(loggers, log_images_every, data))
-
-
-def log_spec(loggers: tuple[str, ...], every: int, data):
-    """The run's ``LogTo``: the loggers, with the pictures of ``data``'s fixed batch every ``every`` steps."""
-    # imported on use, not at the top: --help must not load torch (start-up time)
-    from detailclip_cli.core.training.loggers import LogTo
-    from detailclip_cli.tools.pictures import training_pictures
-
-    pictures = training_pictures(data) if loggers and every else None
-    return LogTo(names=loggers, pictures=pictures, pictures_every=every)
+        return report_dry_run(model_cfg, train_cfg, train.device)
+    run(model_cfg, train_cfg, data=data, out_dir=Path(out_dir), device=train.device, resume=train.resume is not None,
+        settings=settings, init=init_model, lock_text=lock_text, force=train.force, shard=train.shard,
+        log_to=train.log_spec(loggers, data))
 
 
 def print_recipes() -> None:

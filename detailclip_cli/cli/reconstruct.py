@@ -9,7 +9,7 @@ import typer
 
 from detailclip_cli.cli import options as opts
 from detailclip_cli.cli.console import err_console, one_line
-from detailclip_cli.cli.inputs import ImageFeed, gather_images, load_model, run_defaults
+from detailclip_cli.cli.inputs import ImageFeed, load_probe_model, require_images
 from detailclip_cli.cli.output import (
     TableOrJson,
     finish,
@@ -18,6 +18,7 @@ from detailclip_cli.cli.output import (
     write_json,
 )
 from detailclip_cli.core.choices import PROBE_REMOVALS, Removal
+from detailclip_cli.core.config import check_seed
 from detailclip_cli.errors import UsageError
 from detailclip_cli.core.store.shipped import model_name
 
@@ -68,9 +69,8 @@ def reconstruct(
     import torch
 
     # imported on use, not at the top: --help must not load torch (start-up time)
-    from detailclip_cli.core.config import check_seed
     from detailclip_cli.core.store.lookup import has_decoder, run_train_settings
-    from detailclip_cli.core.use.probes import NoDecoderError, check_removal
+    from detailclip_cli.core.use.probes import NoDecoderError
     from detailclip_cli.core.use.probes import reconstruct as reconstruct_images
     from detailclip_cli.plots import RECONSTRUCTION_CAPTION, reconstruction_picture
 
@@ -83,14 +83,10 @@ def reconstruct(
     if not has_decoder(model):
         raise NoDecoderError(f"{model or 'the shipped model'} has no pixel decoder (trained with "
                                        "--no-reconstruct, or an open_clip model), so it cannot reconstruct")
-    paths, failed = gather_images(images, console)
-    if not paths:
-        finish(failed)
-        return
+    paths, failed = require_images(images, console)
 
-    net = load_model(model, pretrained, device, console, verify=not no_verify)
-    layer, block_size = run_defaults(model, net, layer=layer, block_size=block_size)
-    check_removal(net, keep_ratio, block_size)
+    net, layer, block_size = load_probe_model(model, pretrained, device, console, verify=not no_verify,
+                                              layer=layer, block_size=block_size, keep_ratio=keep_ratio)
     settings = run_train_settings(model) or {}
     norm_pix = bool(settings.get("norm_pix_loss", True))
     caption = RECONSTRUCTION_CAPTION if norm_pix else "The decoder predicts pixels directly (no per-patch norm)."

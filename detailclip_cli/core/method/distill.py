@@ -96,6 +96,12 @@ def teacher_cls_logits(teacher_head: nn.Module, teacher_tokens: torch.Tensor) ->
     return out.reshape(NUM_VIEWS, -1, out.shape[-1])
 
 
+def cls_spread(latent: torch.Tensor) -> torch.Tensor:
+    """The collapse statistic every objective logs: the spread of the student's [CLS] tokens
+    within each global view, (VB, 1 + K, D) -> scalar (see :func:`embedding_spread`)."""
+    return embedding_spread(latent[:, 0].reshape(NUM_VIEWS, -1, latent.shape[-1]))  # (VB, D) -> (V, B, D)
+
+
 class _DistillObjective(nn.Module):
     """What the distillation objectives keep besides their stages: the student, its settings,
     a teacher that always runs in eval mode, and the collapse statistics of the last batch.
@@ -103,7 +109,8 @@ class _DistillObjective(nn.Module):
     Subclasses build ``self.teacher`` (with ``visual`` and, for the embedding, ``image_proj``;
     None for an objective without one, SimCLR) and ``self.monitor`` in ``__init__``, and set
     ``self.stats`` (detached scalars) in ``forward``. ``summary`` says in a few words what the
-    objective does (the command's header line).
+    objective does (the command's header line). The teacher is an EMA of :meth:`online_tower`
+    unless a subclass's ``update_teacher`` says otherwise (a frozen teacher, or none).
     """
 
     teacher: nn.Module | None
@@ -125,13 +132,35 @@ class _DistillObjective(nn.Module):
             self.teacher.eval()  # the teacher always runs as in inference
         return self
 
+    def online_tower(self) -> nn.Module:
+        """The student modules ``self.teacher`` mirrors: the image tower (ViT and distillation head)."""
+        return self.model.image_tower()
+
     @torch.no_grad()
-    def ema_step(self, online: nn.Module, step: int) -> float:
-        """EMA step of ``self.teacher`` towards ``online`` (its student counterpart) at the
-        scheduled momentum; returns the momentum used."""
+    def update_teacher(self, step: int) -> float:
+        """EMA step of ``self.teacher`` towards :meth:`online_tower` at the scheduled momentum;
+        returns the momentum used."""
         m = stages.teacher_momentum(self.cfg, step)
-        ema_update_(self.teacher, online, m)
+        ema_update_(self.teacher, self.online_tower(), m)
         return m
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
+                step: int, local_views: torch.Tensor | None = None,
+                shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
+        """One step's losses; each objective's ``forward`` takes these arguments and names its terms.
+
+        Args:
+            view1, view2: (B, 3, H, W) two augmented global views of the same images.
+            text: ignored (captions are not used).
+            step: the global step (schedules, random removal seeds).
+            local_views: (B, N, 3, h, h) local crops, or None (an objective without multi-crop
+                refuses them).
+            shard: where the batch sits in the step's global batch (random removal rows).
+
+        Returns:
+            The named scalar losses and ``"loss"``, their weighted total (:func:`weighted_total`).
+        """
+        raise NotImplementedError
 
     def extra_metrics(self, step: int) -> dict[str, float]:
         """The collapse statistics of the last batch; warns once if they look like collapse."""
@@ -172,26 +201,11 @@ class SelfDistillObjective(_DistillObjective):
     def teacher_temp_patch(self, step: int) -> float:
         return stages.teacher_temp_patch(self.cfg, step)
 
-    @torch.no_grad()
-    def update_teacher(self, step: int) -> float:
-        """EMA step of the teacher towards the student; returns the momentum used."""
-        return self.ema_step(self.model.image_tower(), step)
-
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
                 step: int, local_views: torch.Tensor | None = None,
                 shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
-        """One step's losses.
-
-        Args:
-            view1, view2: (B, 3, H, W) two augmented global views of the same images.
-            text: ignored (captions are not used).
-            step: the global step (schedules, random removal seeds).
-            local_views: (B, N, 3, h, h) local crops, or None.
-            shard: where the batch sits in the step's global batch (random removal rows).
-
-        Returns:
-            ``{"rec", "cls", "patch", "loss"}`` (``rec`` only with a decoder).
-        """
+        """One step's losses (arguments: :meth:`_DistillObjective.forward`): ``{"rec", "cls",
+        "patch", "loss"}``, ``rec`` only with a decoder; local crops join the ``cls`` term."""
         model, c = self.model, self.cfg
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
         teacher_tokens, scores = stages.teacher_pass(self.teacher, c, images)  # (VB, 1 + L, D), (VB, L) or None
@@ -200,7 +214,7 @@ class SelfDistillObjective(_DistillObjective):
         teacher_cls = self.teacher_cls_out(teacher_tokens)  # (V, B, C)
         # Statistics and the local term read the centre before the [CLS] loss moves it.
         self.stats = {
-            "spread": embedding_spread(latent[:, 0].reshape(NUM_VIEWS, -1, latent.shape[-1])),
+            "spread": cls_spread(latent),
             "teacher_entropy": teacher_entropy(teacher_cls, center=self.cls_loss.center,
                                                teacher_temp=c.teacher_temp_cls),
         }
@@ -303,19 +317,10 @@ class FrozenTeacherObjective(_DistillObjective):
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
                 step: int, local_views: torch.Tensor | None = None,
                 shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
-        """One step's losses.
-
-        Args:
-            view1, view2: (B, 3, H, W) two augmented views, at the student's image size.
-            text: ignored (the teacher's embedding is the target).
-            step: the global step (random removal seeds).
-            local_views: (B, N, 3, h, h) local crops, or None.
-            shard: where the batch sits in the step's global batch (random removal rows).
-
-        Returns:
-            ``{"rec", "cls", "patch_kept", "patch_removed", "loss"}`` (``rec`` and
-            ``patch_removed`` only with a decoder and some removed tokens).
-        """
+        """One step's losses (arguments: :meth:`_DistillObjective.forward`; the views at the
+        student's image size, converted for the teacher): ``{"rec", "cls", "patch_kept",
+        "patch_removed", "loss"}``, ``rec`` and ``patch_removed`` only with a decoder and some
+        removed tokens; local crops join the ``cls`` term."""
         model, c = self.model, self.cfg
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
         target = self.teacher_targets(images)

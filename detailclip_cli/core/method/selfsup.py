@@ -31,8 +31,8 @@ from detailclip_cli.core.choices import Removal
 from detailclip_cli.core.config import ConfigError, TrainConfig
 from detailclip_cli.core.distributed import BatchShard
 from detailclip_cli.core.method import stages
-from detailclip_cli.core.method.collapse import NEGATIVES_REMEDIES, CollapseMonitor, embedding_spread, teacher_entropy
-from detailclip_cli.core.method.distill import _DistillObjective, teacher_cls_logits
+from detailclip_cli.core.method.collapse import NEGATIVES_REMEDIES, CollapseMonitor, teacher_entropy
+from detailclip_cli.core.method.distill import _DistillObjective, cls_spread, teacher_cls_logits
 from detailclip_cli.core.method.losses import ClsDistillLoss, byol_loss, nt_xent_loss, pooled_mean, weighted_total
 from detailclip_cli.core.method.objective import SSLProjection
 from detailclip_cli.core.method.stages import NUM_VIEWS, stage
@@ -129,26 +129,11 @@ class DinoObjective(_DistillObjective):
         _image_tower_only(model)
         self.monitor = CollapseMonitor(dim=model.visual.width, classes=model.cfg.head.out_dim)
 
-    @torch.no_grad()
-    def update_teacher(self, step: int) -> float:
-        """EMA step of the teacher (ViT and head) towards the student; returns the momentum used."""
-        return self.ema_step(self.model.image_tower(), step)
-
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
                 step: int, local_views: torch.Tensor | None = None,
                 shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
-        """One step's losses.
-
-        Args:
-            view1, view2: (B, 3, H, W) two augmented global views of the same images.
-            text: ignored (captions are not used).
-            step: the global step (schedules, random removal seeds).
-            local_views: (B, N, 3, h, h) local crops, or None.
-            shard: where the batch sits in the step's global batch (random removal rows).
-
-        Returns:
-            ``{"rec", "dino", "loss"}`` (``rec`` only with a decoder).
-        """
+        """One step's losses (arguments: :meth:`_DistillObjective.forward`): ``{"rec", "dino",
+        "loss"}``, ``rec`` only with a decoder."""
         model, c = self.model, self.cfg
         images = torch.cat([view1, view2])  # (VB, 3, H, W)
         teacher_tokens, scores = stages.teacher_pass(self.teacher, c, images)  # (VB, 1 + L, D), (VB, L) or None
@@ -161,7 +146,7 @@ class DinoObjective(_DistillObjective):
             teacher_out = teacher_cls_logits(self.teacher.head, teacher_tokens)  # (V, B, C)
             # Statistics read the centre before the loss moves it.
             self.stats = {
-                "spread": embedding_spread(latent[:, 0].reshape(NUM_VIEWS, -1, latent.shape[-1])),
+                "spread": cls_spread(latent),
                 "teacher_entropy": teacher_entropy(teacher_out, center=self.cls_loss.center,
                                                    teacher_temp=c.teacher_temp_cls),
             }
@@ -199,29 +184,15 @@ class ByolObjective(_DistillObjective):
         self.monitor = CollapseMonitor(dim=d)
 
     def online_tower(self) -> nn.ModuleDict:
-        """The online modules the target mirrors (the predictor has no target counterpart)."""
+        """The online modules the target mirrors, ViT and projector (the predictor has no target
+        counterpart)."""
         return nn.ModuleDict({"visual": self.model.visual, "projector": self.projector})
-
-    @torch.no_grad()
-    def update_teacher(self, step: int) -> float:
-        """EMA step of the target (ViT and projector) towards the online network; returns the momentum."""
-        return self.ema_step(self.online_tower(), step)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
                 step: int, local_views: torch.Tensor | None = None,
                 shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
-        """One step's losses.
-
-        Args:
-            view1, view2: (B, 3, H, W) two augmented views of the same images.
-            text: ignored (captions are not used).
-            step: the global step (random removal seeds).
-            local_views: must be None (BYOL here takes two views).
-            shard: where the batch sits in the step's global batch (random removal rows).
-
-        Returns:
-            ``{"rec", "byol", "loss"}`` (``rec`` only with a decoder).
-        """
+        """One step's losses (arguments: :meth:`_DistillObjective.forward`; BYOL here takes two
+        views, no local crops): ``{"rec", "byol", "loss"}``, ``rec`` only with a decoder."""
         if local_views is not None:
             raise ConfigError("byol takes no local crops")
         model, c = self.model, self.cfg
@@ -235,7 +206,7 @@ class ByolObjective(_DistillObjective):
             with torch.no_grad():
                 target = self.teacher.projector(target_tokens[:, 0]).reshape(shape)  # (V, B, E)
             losses["byol"] = byol_loss(online_pred=pred, target_proj=target)
-            self.stats = {"spread": embedding_spread(latent[:, 0].reshape(NUM_VIEWS, -1, latent.shape[-1]))}
+            self.stats = {"spread": cls_spread(latent)}
             return weighted_total(losses, c)
 
 
@@ -293,19 +264,9 @@ class SimCLRObjective(_DistillObjective):
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, text: torch.Tensor | None = None, *,
                 step: int, local_views: torch.Tensor | None = None,
                 shard: BatchShard | None = None) -> dict[str, torch.Tensor]:
-        """One step's losses.
-
-        Args:
-            view1, view2: (B, 3, H, W) two augmented views of the same images.
-            text: ignored (captions are not used).
-            step: the global step (random removal seeds).
-            local_views: must be None (SimCLR here takes two views).
-            shard: where the batch sits in the step's global batch; its rows of every process
-                and micro-batch are the negatives. None when the batch is the whole step.
-
-        Returns:
-            ``{"rec", "simclr", "loss"}`` (``rec`` only with a decoder).
-        """
+        """One step's losses (arguments: :meth:`_DistillObjective.forward`; SimCLR here takes two
+        views, no local crops, and the rows ``shard`` places in the step, of every process and
+        micro-batch, are the negatives): ``{"rec", "simclr", "loss"}``, ``rec`` only with a decoder."""
         if local_views is not None:
             raise ConfigError("simclr takes no local crops")
         model, c = self.model, self.cfg
@@ -316,5 +277,5 @@ class SimCLRObjective(_DistillObjective):
             if shard is not None:
                 z = {k: shard.global_features(k, f) for k, f in z.items()}  # (B, E) -> (G, E)
             losses["simclr"] = nt_xent_loss(z["z0"], z["z1"], c.ssl_temp)
-            self.stats = {"spread": embedding_spread(latent[:, 0].reshape(NUM_VIEWS, -1, latent.shape[-1]))}
+            self.stats = {"spread": cls_spread(latent)}
             return weighted_total(losses, c)
