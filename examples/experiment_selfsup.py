@@ -96,9 +96,11 @@ def execute(run: dict, *, preset: str, data: str, seed: int, device: str, work: 
             "curve": signals}
 
 
-def summarise(records: list[dict], out: Path, *, images: int) -> None:
+def summarise(records: list[dict], out: Path, *, images: int, base_batch: int) -> None:
+    wall = sum(r["seconds"] for r in records)
     lines = [f"k-NN top-1 of the [CLS] embedding on the validation split (k = 20, T = 0.07); "
-             f"{images} images seen per run; one seed per run unless n says otherwise.", ""]
+             f"{images} images seen per run; one seed per run unless n says otherwise. "
+             f"{len(records)} runs, {wall / 60:.0f} minutes of training and evaluation in all.", ""]
     batches = sorted({r["batch_size"] for r in records if r["group"] == "batch"})
     lines += ["**Batch size** (same images seen)", "",
               "| method | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
@@ -113,13 +115,15 @@ def summarise(records: list[dict], out: Path, *, images: int) -> None:
         rows = [r for r in records if r["group"] == group]
         if not rows:
             continue
-        lines += ["", f"**{title}**", "", "| method | variant | batch | k-NN top-1 | final spread | final teacher entropy |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"**{title}**", "",
+                  "| method | variant | batch | k-NN top-1 | final spread | final teacher entropy | minutes |",
+                  "|---|---|---|---|---|---|---|"]
         for r in rows:
             last = r["curve"][-1] if r["curve"] else {}
             spread, ent = last.get("spread"), last.get("teacher_entropy")
             lines.append(f"| {r['method']} | {r['variant']} | {r['batch_size']} | {r['knn_top1']:.3f} | "
-                         f"{'' if spread is None else f'{spread:.4f}'} | {'' if ent is None else f'{ent:.3f}'} |")
+                         f"{'' if spread is None else f'{spread:.4f}'} | {'' if ent is None else f'{ent:.3f}'} | "
+                         f"{r['seconds'] / 60:.1f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -138,7 +142,7 @@ def summarise(records: list[dict], out: Path, *, images: int) -> None:
         ax.legend(fontsize=8)
         fig.savefig(out / "batch.png", dpi=110)
 
-    dino = [r for r in records if r["method"] == "dino" and r["batch_size"] == records[0]["batch_size"]
+    dino = [r for r in records if r["method"] == "dino" and r["batch_size"] == base_batch
             and r["group"] in ("batch", "collapse") and r["variant"] in ("default", "no centring", "no EMA")]
     if dino:
         fig = Figure(figsize=(9, 3.4), layout="constrained")
@@ -190,7 +194,7 @@ def main() -> None:
             f.write(json.dumps(record) + "\n")
         print(f"[{time.perf_counter() - t0:6.0f}s] {run['group']:8s} {run_key(run)}: k-NN {record['knn_top1']:.3f} "
               f"({record['seconds']:.0f} s)", flush=True)
-    summarise(records, args.out, images=args.images)
+    summarise(records, args.out, images=args.images, base_batch=args.batch_size)
 
 
 if __name__ == "__main__":
