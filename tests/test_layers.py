@@ -97,11 +97,32 @@ def is_package(name: str, modules: dict[str, Path]) -> bool:
     return modules[name].name == "__init__.py"
 
 
+def lazy_tables(modules: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """Packages that load their names on first use: package -> {name: the module defining it}.
+
+    Such a package's ``__init__`` holds a literal ``_MODULES = {"name": "module", ...}`` read by
+    its ``__getattr__``, so ``from pkg import name`` loads that module, not just the package.
+    """
+    tables = {}
+    for name, path in modules.items():
+        if not is_package(name, modules):
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            target = node.target if isinstance(node, ast.AnnAssign) else (
+                node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+            if isinstance(target, ast.Name) and target.id == "_MODULES" and isinstance(node.value, ast.Dict):
+                tables[name] = {k.value: v.value for k, v in zip(node.value.keys, node.value.values)
+                                if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)}
+    return tables
+
+
 class _Imports(ast.NodeVisitor):
     """Collects the edges of one module, knowing whether each import sits in a function."""
 
-    def __init__(self, name: str, modules: dict[str, Path], lines: list[str]):
+    def __init__(self, name: str, modules: dict[str, Path], lines: list[str],
+                 lazy: dict[str, dict[str, str]] | None = None):
         self.name, self.modules, self.lines = name, modules, lines
+        self.lazy = lazy or {}
         self.edges: list[Edge] = []
         self.functions = 0
         self.type_checking = 0
@@ -152,17 +173,22 @@ class _Imports(ast.NodeVisitor):
             base = node.module or ""
         for alias in node.names:
             submodule = f"{base}.{alias.name}"
-            # ``from pkg import sub`` imports the submodule; ``from mod import name`` the module.
-            self._add(node, submodule if submodule in self.modules else base)
+            # ``from pkg import sub`` imports the submodule; ``from mod import name`` the module;
+            # a name of a lazy package's table, the module that table names.
+            if submodule in self.modules:
+                self._add(node, submodule)
+            else:
+                self._add(node, self.lazy.get(base, {}).get(alias.name, base))
 
 
 def read_graph() -> tuple[dict[str, Path], list[Edge]]:
     """Parse every module of the package: (modules, import edges)."""
     modules = package_modules()
+    lazy = lazy_tables(modules)
     edges = []
     for name, path in modules.items():
         text = path.read_text(encoding="utf-8")
-        visitor = _Imports(name, modules, text.splitlines())
+        visitor = _Imports(name, modules, text.splitlines(), lazy)
         visitor.visit(ast.parse(text, filename=str(path)))
         edges += visitor.edges
     return modules, edges

@@ -9,7 +9,7 @@ import typer
 
 from detailclip_cli.cli import options as opts
 from detailclip_cli.cli.console import err_console, say, stage_progress
-from detailclip_cli.cli.inputs import ImageFeed, gather_images, load_model
+from detailclip_cli.cli.inputs import ImageFeed, load_model, require_images
 from detailclip_cli.cli.output import (
     ResultFormat,
     finish,
@@ -92,11 +92,7 @@ def zero_shot(
 
     label_list = read_labels(labels, labels_file)
     template_list = resolve_templates(templates)
-    paths, failed = gather_images(images, console)
-    if not paths:
-        finish(failed)
-        return
-
+    paths, failed = require_images(images, console)
     net = load_model(model, pretrained, device, console, verify=not no_verify)
     classifier = build_classifier(net, label_list, template_list)
     k = min(top_k or (len(label_list) if fmt in (ResultFormat.json, ResultFormat.jsonl) else TABLE_TOP_K),

@@ -20,6 +20,7 @@ from detailclip_cli.core.training.trainset import train_augment
 from detailclip_cli.tools.bench.figures import median, rounded_ratio
 from detailclip_cli.tools.bench.session import Session
 from detailclip_cli.tools.costs import round_sig, spread
+from detailclip_cli.tools.loader import measure
 
 LOADER_MIN_IMAGES = 64  # images per timed data-loader window
 LOADER_SECONDS = 2.0  # seconds per figure of the one-core transform measurement
@@ -57,8 +58,6 @@ def loader_per_core(image_size: int, seconds: float = LOADER_SECONDS) -> dict[st
     ``measure`` runs on one thread, as a ``DataLoader`` worker does; this process's thread count
     is put back afterwards, so later sections run as before.
     """
-    from detailclip_cli.tools.loader import measure
-
     threads = torch.get_num_threads()
     try:
         return measure(image_size=image_size, seconds=seconds)

@@ -19,6 +19,7 @@ from detailclip_cli.core.store.export import export_model
 from detailclip_cli.core.store.lookup import resolve_model
 from detailclip_cli.core.store.openclip import from_open_clip
 from detailclip_cli.core.use.batching import default_workers, iter_image_batches
+from detailclip_cli.core.use.zeroshot import build_classifier, classify
 from detailclip_cli.tools.bench.figures import median, per_round
 from detailclip_cli.tools.bench.session import Session
 from detailclip_cli.tools.costs import round_sig, spread
@@ -63,8 +64,6 @@ def bulk_zero_shot_runs(paths: Sequence[Path], export_dir: Path, *, device: torc
     """
     import open_clip
     from PIL import Image
-
-    from detailclip_cli.core.use.zeroshot import build_classifier, classify
 
     prompts = [f"a photo of a {label}." for label in labels]
     net = resolve_model(None, device=device).eval()

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from detailclip_cli.core.data.demo import generate_demo
 from detailclip_cli.tools.bench.config import BenchConfig
 from detailclip_cli.tools.bench.figures import median
 from detailclip_cli.tools.costs import TrainStep, count_flops, interleaved_runs, variant_configs
@@ -100,8 +101,6 @@ class Session:
 
 def demo_images(folder: Path, count: int) -> list[Path]:
     """Write the first ``count`` demo validation images into ``folder``; their PNG paths, in order."""
-    from detailclip_cli.core.data.demo import generate_demo
-
     folder.mkdir(parents=True, exist_ok=True)
     generate_demo(folder, sizes={"val": count})
     images = [p for p in folder.glob("val/*/*.png") if not p.name.endswith(".mask.png")]
