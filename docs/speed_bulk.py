@@ -72,43 +72,44 @@ def main() -> None:
                         help="this tree with extra zero-shot options, e.g. 'w1=--workers 1'")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="speed-bulk-"))
-    trees = {"before": (checkout(args.before, work / "before"), []), "now": (ROOT, [])}
-    for spec in args.variant:
-        name, _, extra = spec.partition("=")
-        trees[name] = (ROOT, extra.split())
-    paths = images(work / "images", args.images)
-    model = ROOT / "detailclip_cli/core/store/shipped/detailclip-tiny"
-    all_list, one_list = work / "all.txt", work / "one.txt"
-    all_list.write_text("".join(f"{p}\n" for p in paths))
-    one_list.write_text(f"{paths[0]}\n")
-    for tree, extra in trees.values():  # warm the file cache and the byte-code of both trees
-        timed(tree, one_list, model, extra)
+    with tempfile.TemporaryDirectory(prefix="speed-bulk-") as tmp:  # the trees and images go with it
+        work = Path(tmp)
+        trees = {"before": (checkout(args.before, work / "before"), []), "now": (ROOT, [])}
+        for spec in args.variant:
+            name, _, extra = spec.partition("=")
+            trees[name] = (ROOT, extra.split())
+        paths = images(work / "images", args.images)
+        model = ROOT / "detailclip_cli/core/store/shipped/detailclip-tiny"
+        all_list, one_list = work / "all.txt", work / "one.txt"
+        all_list.write_text("".join(f"{p}\n" for p in paths))
+        one_list.write_text(f"{paths[0]}\n")
+        for tree, extra in trees.values():  # warm the file cache and the byte-code of both trees
+            timed(tree, one_list, model, extra)
 
-    rates: dict[str, list[float]] = {name: [] for name in trees}
-    for r in range(args.rounds):
-        row = {}
-        for name, (tree, extra) in trees.items():
-            t_all, t_one = timed(tree, all_list, model, extra), timed(tree, one_list, model, extra)
-            rates[name].append((args.images - 1) / (t_all - t_one))
-            row[name] = {"t_all_s": round(t_all, 3), "t_one_s": round(t_one, 3),
-                         "images_per_s": round(rates[name][-1], 1)}
-        for name in trees:
+        rates: dict[str, list[float]] = {name: [] for name in trees}
+        for r in range(args.rounds):
+            row = {}
+            for name, (tree, extra) in trees.items():
+                t_all, t_one = timed(tree, all_list, model, extra), timed(tree, one_list, model, extra)
+                rates[name].append((args.images - 1) / (t_all - t_one))
+                row[name] = {"t_all_s": round(t_all, 3), "t_one_s": round(t_one, 3),
+                             "images_per_s": round(rates[name][-1], 1)}
+            for name in trees:
+                if name != "before":
+                    row[f"{name}_vs_before"] = round(rates[name][-1] / rates["before"][-1], 3)
+            row.update(round=r, images=args.images, threads=os.environ.get("OMP_NUM_THREADS", "default"),
+                       load=os.getloadavg()[0])
+            print(json.dumps(row), flush=True)
+            if args.log:
+                with args.log.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+        for name, values in rates.items():
+            line = f"{name}: {statistics.median(values):.0f} images/s (rounds {min(values):.0f} to {max(values):.0f})"
             if name != "before":
-                row[f"{name}_vs_before"] = round(rates[name][-1] / rates["before"][-1], 3)
-        row.update(round=r, images=args.images, threads=os.environ.get("OMP_NUM_THREADS", "default"),
-                   load=os.getloadavg()[0])
-        print(json.dumps(row), flush=True)
-        if args.log:
-            with args.log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    for name, values in rates.items():
-        line = f"{name}: {statistics.median(values):.0f} images/s (rounds {min(values):.0f} to {max(values):.0f})"
-        if name != "before":
-            ratios = [n / b for n, b in zip(values, rates["before"])]
-            line += f"; / before: {statistics.median(ratios):.2f} (rounds {min(ratios):.2f} to {max(ratios):.2f})"
-        print(line)
+                ratios = [n / b for n, b in zip(values, rates["before"])]
+                line += f"; / before: {statistics.median(ratios):.2f} (rounds {min(ratios):.2f} to {max(ratios):.2f})"
+            print(line)
 
 
 if __name__ == "__main__":

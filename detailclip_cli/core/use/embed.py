@@ -13,7 +13,6 @@ from detailclip_cli.core.device import autocast_dtype
 from detailclip_cli.core.use.batching import SkipLog, eval_batches
 from detailclip_cli.errors import UsageError
 from detailclip_cli.core.data import make_eval_transform
-from detailclip_cli.core.data.benchmarks import EvalSetDataset
 
 
 def check_resolution(model, size: int) -> int:
@@ -158,6 +157,9 @@ def embed_eval_set(model, eval_set, *, image_size: int | None = None, batch_size
         image_size: the evaluation resolution (default: the model's own).
         batch_size, workers, skipped, strict, on_batch: as for :func:`eval_batches`.
     """
+    # imported on use: the benchmark readers add about 60 ms to `embed` and `search` start-up
+    from detailclip_cli.core.data.benchmarks import EvalSetDataset
+
     size = check_resolution(model, image_size or model.cfg.vision.image_size)
     device = model.logit_scale.device
     dataset = EvalSetDataset(eval_set, eval_transform(model, size))
