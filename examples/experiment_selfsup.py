@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--batches", default="8,32,128", help="batch sizes of the batch group")
     parser.add_argument("--batch-size", type=int, default=32, help="batch of the other groups")
     parser.add_argument("--groups", default=",".join(GROUPS))
+    parser.add_argument("--methods", default=",".join(METHODS), help="the batch and augment groups' methods")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=Path("runs/experiment-selfsup"))
@@ -175,6 +176,9 @@ def main() -> None:
     groups = args.groups.split(",")
     if set(groups) - set(GROUPS):
         parser.error(f"unknown group(s); choose from {', '.join(GROUPS)}")
+    methods = args.methods.split(",")
+    if set(methods) - set(METHODS):
+        parser.error(f"unknown method(s); choose from {', '.join(METHODS)}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
@@ -183,7 +187,7 @@ def main() -> None:
     records = [r for r in records if all(r.get(k) == v for k, v in same.items())]
     done = {(run_key(r), r["seed"], r["steps"]) for r in records}
     todo = [r for r in plan(args.images, [int(b) for b in args.batches.split(",")], args.batch_size)
-            if r["group"] in groups]
+            if r["group"] in groups and r["method"] in methods]
     t0 = time.perf_counter()
     for run in todo:
         if (run_key(run), args.seed, run["steps"]) in done:

@@ -104,3 +104,20 @@ def test_methods_summary_is_mean_and_sample_std_skipping_nulls(methods, tmp_path
     assert cells[1 + labels.index("s / step")] == "1.50 ± 0.71"  # the null left out of the mean
     assert cells[-1] == "3"
     assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_selfsup_runs_only_the_groups_and_methods_asked(selfsup, tmp_path, monkeypatch):
+    executed = []
+
+    def execute(run, **kwargs):
+        executed.append((run["group"], run["method"], run["batch_size"], run["steps"]))
+        return record(run, 0.5)
+
+    monkeypatch.setattr(selfsup, "execute", execute)
+    monkeypatch.setattr(sys, "argv", ["experiment_selfsup.py", "--out", str(tmp_path), "--images", "96000",
+                                      "--groups", "batch", "--batches", "32", "--methods", "simclr"])
+    selfsup.main()
+    assert executed == [("batch", "simclr", 32, 3000)]
+    monkeypatch.setattr(sys, "argv", ["experiment_selfsup.py", "--out", str(tmp_path), "--methods", "mocov3"])
+    with pytest.raises(SystemExit):
+        selfsup.main()
