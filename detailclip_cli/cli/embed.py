@@ -34,7 +34,7 @@ def embed(
     model: opts.ModelOpt = None,
     pretrained: opts.PretrainedOpt = None,
     batch_size: opts.BatchSizeOpt = 64,
-    workers: opts.WorkersOpt = None,
+    workers: opts.EncodeWorkersOpt = None,
     chunk_size: Annotated[int, typer.Option(
         "--chunk-size", metavar="N", min=1, rich_help_panel=opts.OUTPUT,
         help="Rows per resumable chunk of an output file.")] = 4096,

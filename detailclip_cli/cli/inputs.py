@@ -157,12 +157,14 @@ class ImageFeed:
     """Batches of loaded images on the model's device; each unreadable file is named on stderr.
 
     Iterate for ``ImageBatch`` records (each holds at least one image); afterwards ``failed``
-    is the number of files that could not be read.
+    is the number of files that could not be read. With ``encode`` (an ``ImageEncoder``), each
+    batch comes encoded, in ``outputs`` (on a CPU, by the workers: see ``iter_image_batches``).
     """
 
-    def __init__(self, model, paths: list[Path], *, batch_size: int, console, description: str, workers: int = 0):
+    def __init__(self, model, paths: list[Path], *, batch_size: int, console, description: str, workers: int = 0,
+                 encode=None):
         self.model, self.paths, self.batch_size, self.workers = model, paths, batch_size, workers
-        self.console, self.description = console, description
+        self.console, self.description, self.encode = console, description, encode
         self.failed = 0
 
     def __iter__(self) -> Iterator:
@@ -176,12 +178,13 @@ class ImageFeed:
         with stage_progress(self.console) as progress:
             advance = progress(self.description, len(self.paths)) or (lambda n: None)
             for batch in iter_image_batches(self.paths, image_size=v.image_size, mean=v.mean, std=v.std,
-                                            batch_size=self.batch_size, workers=self.workers):
+                                            batch_size=self.batch_size, workers=self.workers, encode=self.encode):
                 for _, message in batch.errors:
                     say(self.console, f"error: {one_line(' '.join(message.split()))}")
                 self.failed += len(batch.errors)
                 if batch.images is not None:
                     batch.images = batch.images.to(device)
+                if batch.paths:
                     yield batch
                 advance(len(batch.paths) + len(batch.errors))
 

@@ -44,6 +44,10 @@ SeedOpt = Annotated[Optional[int], typer.Option(
     help="Random seed (data order, augmentation, init, random removal).")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", metavar="N", min=0, rich_help_panel=DATA, help="Data-loader worker processes.")]
+EncodeWorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", metavar="N", min=0, rich_help_panel=DATA, show_default=False,
+    help="Worker processes that read the images; with the model on a CPU they also run it, one thread "
+    "each. Default: one per core (at most 8), none under 64 images; 0 reads and encodes in the main process.")]
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", metavar="DIR", rich_help_panel=OUTPUT, help="Output folder.")]
 OutputOpt = Annotated[Optional[Path], typer.Option(

@@ -53,7 +53,7 @@ def zero_shot(
     out: Annotated[Optional[Path], typer.Option(
         "--out", metavar="DIR", rich_help_panel=opts.OUTPUT, help="With --eval: the folder for the confusion-matrix PNG.")] = None,
     batch_size: opts.BatchSizeOpt = 32,
-    workers: opts.WorkersOpt = None,
+    workers: opts.EncodeWorkersOpt = None,
     device: opts.DeviceOpt = "auto",
     no_verify: opts.NoVerifyOpt = False,
 ) -> None:
@@ -87,8 +87,9 @@ def zero_shot(
 
     # imported on use, not at the top: --help must not load torch (start-up time)
     from detailclip_cli.core.use.batching import default_workers
+    from detailclip_cli.core.use.embed import ImageEncoder
     from detailclip_cli.core.use.templates import resolve_templates
-    from detailclip_cli.core.use.zeroshot import build_classifier, classify
+    from detailclip_cli.core.use.zeroshot import build_classifier, class_probabilities
 
     label_list = read_labels(labels, labels_file)
     template_list = resolve_templates(templates)
@@ -101,9 +102,9 @@ def zero_shot(
     records = []
     feed = ImageFeed(net, paths, batch_size=batch_size, console=console, description="classify",
                      workers=default_workers(len(paths), device=net.logit_scale.device) if workers is None
-                     else workers)
+                     else workers, encode=ImageEncoder(net))
     for batch in feed:
-        probs = classify(net, batch.images, classifier).cpu()  # (B, C)
+        probs = class_probabilities(net, batch.outputs, classifier).cpu()  # (B, C)
         top = probs.topk(k, dim=1)
         for path, values, indices in zip(batch.paths, top.values.tolist(), top.indices.tolist()):
             ranked = [{"label": label_list[i], "prob": round(p, 6)} for p, i in zip(values, indices)]

@@ -8,6 +8,7 @@ import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -18,15 +19,13 @@ MAX_DEFAULT_WORKERS = 8  # beyond this, decoding small images no longer keeps up
 
 
 def default_workers(num_items: int | None = None, *, device: torch.device | str | None = None) -> int:
-    """``--workers``' default: the cores the model leaves free (at most :data:`MAX_DEFAULT_WORKERS`),
-    none for a handful of images, where starting workers costs more than it saves.
+    """``--workers``' default for commands that read and encode images (``zero-shot``, ``embed``):
+    one per core (at most :data:`MAX_DEFAULT_WORKERS`), none for a handful of images, where
+    starting workers costs more than it saves.
 
-    A model on an accelerator (or ``device`` not given) leaves every core but the main
-    process's free. A model on the CPU already runs on ``torch.get_num_threads()`` cores (all
-    of them by default), so only the cores beyond those are free: a decoding worker on a busy
-    core only takes turns with the encoder and adds its start and the copies between processes
-    (measured on 2 cores with torch's 2 threads: 1.11x open_clip's loop without a worker, 1.01x
-    with one).
+    With the model on the CPU the workers also run it (see :func:`iter_image_batches`), one
+    thread each, so every core is a worker's. With the model on an accelerator (or ``device``
+    not given) the workers only decode, and the main process keeps a core to feed the device.
 
     Args:
         num_items: how many images will be read (None: many).
@@ -35,8 +34,8 @@ def default_workers(num_items: int | None = None, *, device: torch.device | str 
     if num_items is not None and num_items < 64:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = torch.get_num_threads() if device is not None and torch.device(device).type == "cpu" else 1
-    return max(0, min(MAX_DEFAULT_WORKERS, cores - busy))
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    return max(0, min(MAX_DEFAULT_WORKERS, cores if on_cpu else cores - 1))
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def load_source(source: ImageSource):
 
 
 class ImageSourceDataset(torch.utils.data.Dataset):
-    """Images by index for a ``DataLoader``: ``{"image": (3, S, S), "index": i}``, or
+    """Images by index for a ``DataLoader``: ``{"image": transform(image), "index": i}``, or
     ``{"bad": message, "index": i}`` for one that cannot be read (never raised, so a worker
     survives a bad file and the batch keeps its order)."""
 
@@ -119,47 +118,89 @@ class ImageBatch:
 
     Attributes:
         paths: the loaded images' paths (or tar members), in input order.
-        images: (B, 3, S, S) normalised tensors (S = the model's image size); None when none loaded.
+        images: (B, 3, S, S) normalised tensors (S = the model's image size); None when none
+            loaded, or when the batch was encoded (``outputs``).
         errors: ``(path, message)`` for each input that could not be read.
         indices: the loaded images' positions in the input list.
+        outputs: what ``encode`` made of ``images``, when :func:`iter_image_batches` was given one.
     """
 
     paths: list[ImageSource]
     images: torch.Tensor | None
     errors: list[tuple[ImageSource, str]]
     indices: list[int] = field(default_factory=list)
+    outputs: torch.Tensor | None = None
+
+
+class BatchEncoder(Protocol):
+    """What :func:`iter_image_batches` may run on each normalised batch: a callable that can be
+    pickled (``DataLoader`` workers started with ``spawn`` receive it) and says where it runs."""
+
+    device: torch.device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 def iter_image_batches(paths: Sequence[ImageSource], *, image_size: int, mean: Sequence[float],
                        std: Sequence[float], batch_size: int = 32, workers: int = 0,
-                       batches: Sequence[Sequence[int]] | None = None) -> Iterator[ImageBatch]:
-    """Load, resize (shorter side, then centre crop) and normalise images, ``batch_size`` at a time.
+                       batches: Sequence[Sequence[int]] | None = None,
+                       encode: BatchEncoder | None = None) -> Iterator[ImageBatch]:
+    """Load, resize (shorter side, then centre crop) and normalise images, ``batch_size`` at a time,
+    and encode them when asked.
 
     Images are decoded by ``workers`` ``DataLoader`` processes (0: in this process) and come
     back in input order. Unreadable files are reported in ``errors``, never raised, so one bad
     file does not stop the rest.
 
+    With ``encode`` on the CPU and workers, each worker also encodes its batches, on one thread
+    (``DataLoader`` gives each worker one), and only the outputs come back: on a CPU, N
+    single-threaded processes that each read and encode outrun one process whose N threads
+    encode while nothing reads (1.17x on 2 cores, docs/speed.md). Otherwise ``encode`` runs
+    here, on the batches the workers made.
+
     Args:
         paths: image files or tar members.
         batches: the input indices of each batch, when the caller fixes them (chunked embedding
             keeps a batch inside its chunk); default consecutive runs of ``batch_size``.
+        encode: applied to each batch of normalised images; its result is the batch's ``outputs``.
     """
     from torch.utils.data import DataLoader
 
-    dataset = ImageSourceDataset(paths, make_eval_transform(image_size=image_size, mean=mean, std=std))
+    transform = make_eval_transform(image_size=image_size, mean=mean, std=std)
+    in_workers = encode is not None and workers > 0 and torch.device(encode.device).type == "cpu"
+    # Items carry uint8 pixels and each batch is normalised at once: bitwise the same tensors as
+    # normalising image by image, at about a tenth of that step's cost.
+    dataset = ImageSourceDataset(paths, transform.pixels)
     if batches is None:
         batches = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
     loader = DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=workers,
-                        collate_fn=_image_batch)
-    for ok, images, errors in loader:
-        yield ImageBatch([paths[i] for i in ok], images, [(paths[i], message) for i, message in errors], ok)
+                        collate_fn=ImageCollate(transform.normalize, encode if in_workers else None))
+    for ok, tensor, errors in loader:
+        if encode is not None and tensor is not None and not in_workers:
+            tensor = encode(tensor)
+        batch = ImageBatch([paths[i] for i in ok], None, [(paths[i], message) for i, message in errors], ok)
+        if encode is None:
+            batch.images = tensor
+        else:
+            batch.outputs = tensor
+        yield batch
 
 
-def _image_batch(items: list[dict]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    """Collate: (indices of readable images, (b, 3, S, S) or None, (index, message) of unreadable ones)."""
-    good = [item for item in items if "bad" not in item]
-    images = torch.stack([item["image"] for item in good]) if good else None
-    return [item["index"] for item in good], images, [(item["index"], item["bad"]) for item in items if "bad" in item]
+class ImageCollate:
+    """Collate ``ImageSourceDataset`` items: (indices of readable images, their ``(b, 3, S, S)``
+    normalised batch, or ``encode`` of it, or None, (index, message) of unreadable ones). A
+    class, so ``DataLoader`` workers started with ``spawn`` can pickle it."""
+
+    def __init__(self, normalize: Callable[[torch.Tensor], torch.Tensor], encode: BatchEncoder | None = None):
+        self.normalize, self.encode = normalize, encode
+
+    def __call__(self, items: list[dict]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+        good = [item for item in items if "bad" not in item]
+        tensor = self.normalize(torch.stack([item["image"] for item in good])) if good else None  # (b, 3, S, S)
+        if tensor is not None and self.encode is not None:
+            tensor = self.encode(tensor)
+        bad = [(item["index"], item["bad"]) for item in items if "bad" in item]
+        return [item["index"] for item in good], tensor, bad
 
 
 def load_images(paths: Sequence[str | Path], model) -> torch.Tensor:

@@ -104,6 +104,27 @@ def embed_image_batch(model, images: torch.Tensor, which: str = "image") -> torc
     return out.float().cpu()
 
 
+class ImageEncoder:
+    """:func:`embed_image_batch` bound to a model and ``which``, as ``iter_image_batches`` takes it
+    (``encode=``): picklable, so ``DataLoader`` workers can run it, and it names its device.
+
+    Args:
+        model: a :class:`DetailCLIP`.
+        which: ``image`` or ``patch`` (see :func:`embed_image_batch`).
+    """
+
+    def __init__(self, model, which: str = "image") -> None:
+        self.model, self.which = model, which
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.logit_scale.device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images (any device) -> float32 CPU rows, as :func:`embed_image_batch`."""
+        return embed_image_batch(self.model, images.to(self.device), self.which)
+
+
 @torch.no_grad()
 def encode_texts(model, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
     """Text embeddings, ``batch_size`` texts per text-tower call.

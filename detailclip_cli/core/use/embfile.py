@@ -29,7 +29,7 @@ import torch
 
 from detailclip_cli.core.files import atomic_write
 from detailclip_cli.core.use.batching import ImageSource, iter_image_batches
-from detailclip_cli.core.use.embed import embed_image_batch, encode_texts
+from detailclip_cli.core.use.embed import ImageEncoder, encode_texts
 from detailclip_cli.errors import UsageError
 
 FORMATS = (".safetensors", ".npy", ".parquet", ".jsonl")
@@ -167,17 +167,15 @@ def _embed_chunk(model, chunk, chunk_ids, which, batch_size, workers, on_rows, o
     if image_idx:
         sources = [chunk[i][1] for i in image_idx]
         v = model.cfg.vision
-        device = model.logit_scale.device
         for batch in iter_image_batches(sources, image_size=v.image_size, mean=v.mean, std=v.std,
-                                        batch_size=batch_size, workers=workers):
+                                        batch_size=batch_size, workers=workers, encode=ImageEncoder(model, which)):
             for source, message in batch.errors:
                 name = str(source)
                 failed.append((name, message))
                 if on_error:
                     on_error(name, message)
-            if batch.images is not None:
-                out = embed_image_batch(model, batch.images.to(device), which)  # (b, E) or (b, L, D)
-                for k, row in zip(batch.indices, out):
+            if batch.outputs is not None:  # (b, E) or (b, L, D), float32 on the CPU
+                for k, row in zip(batch.indices, batch.outputs):
                     rows[image_idx[k]] = row
             if on_rows:
                 on_rows(len(batch.paths) + len(batch.errors))

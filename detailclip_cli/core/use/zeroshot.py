@@ -69,7 +69,22 @@ def classify(model, images: torch.Tensor, classifier: torch.Tensor) -> torch.Ten
     """
     with inference_autocast(model):  # bf16 on a GPU
         image_emb = model.encode_image(images).float()  # (B, E), unit norm
-    logits = model.scale() * image_emb @ classifier.float().T  # (B, C)
+    return class_probabilities(model, image_emb, classifier)
+
+
+@torch.no_grad()
+def class_probabilities(model, image_emb: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """:func:`classify` from image embeddings already made (``encode_images``, ``ImageEncoder``).
+
+    Args:
+        model: a :class:`DetailCLIP` (its logit scale).
+        image_emb: (B, E) unit-norm image embeddings, on any device.
+        classifier: (C, E) from :func:`build_classifier`.
+
+    Returns:
+        (B, C) probabilities on the classifier's device.
+    """
+    logits = model.scale() * image_emb.float().to(classifier.device) @ classifier.float().T  # (B, C)
     return logits.float().softmax(dim=-1)
 
 

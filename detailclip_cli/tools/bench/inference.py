@@ -19,7 +19,8 @@ from detailclip_cli.core.store.export import export_model
 from detailclip_cli.core.store.lookup import resolve_model
 from detailclip_cli.core.store.openclip import from_open_clip
 from detailclip_cli.core.use.batching import default_workers, iter_image_batches
-from detailclip_cli.core.use.zeroshot import build_classifier, classify
+from detailclip_cli.core.use.embed import ImageEncoder
+from detailclip_cli.core.use.zeroshot import build_classifier, class_probabilities
 from detailclip_cli.tools.bench.figures import median, per_round
 from detailclip_cli.tools.bench.session import Session
 from detailclip_cli.tools.costs import round_sig, spread
@@ -53,8 +54,9 @@ def bulk_zero_shot_runs(paths: Sequence[Path], export_dir: Path, *, device: torc
                         labels: Sequence[str]) -> tuple[Callable[[], list[int]], Callable[[], list[int]]]:
     """Two ways to classify ``paths`` zero-shot with the shipped model, each returning top-1 indices.
 
-    - ours: what ``detailclip zero-shot FILES`` does after start-up: the images decoded by
-      ``DataLoader`` workers (the command's default count), :func:`classify` per batch;
+    - ours: what ``detailclip zero-shot FILES`` does after start-up: the images decoded and
+      encoded by ``DataLoader`` workers on a CPU (the command's default count; on an accelerator
+      they only decode), :func:`class_probabilities` per batch;
     - theirs: the shipped model exported to open_clip (``export --to open_clip``), loaded with
       ``open_clip.create_model_and_transforms``, and the loop open_clip's README shows: PIL
       open, its eval transform, ``encode_image``, normalise, scaled cosine to the class
@@ -74,8 +76,8 @@ def bulk_zero_shot_runs(paths: Sequence[Path], export_dir: Path, *, device: torc
     def ours() -> list[int]:
         top = []
         for batch in iter_image_batches(list(paths), image_size=v.image_size, mean=v.mean, std=v.std,
-                                        batch_size=batch_size, workers=workers):
-            top += classify(net, batch.images.to(device), classifier).argmax(dim=1).tolist()
+                                        batch_size=batch_size, workers=workers, encode=ImageEncoder(net)):
+            top += class_probabilities(net, batch.outputs, classifier).argmax(dim=1).tolist()
         return top
 
     export_model(None, to="open_clip", out=export_dir)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detailclip_cli.core.config import TextConfig
 from detailclip_cli.core.model.text import TextTransformer
+from detailclip_cli.core.model import tokenizer
 from detailclip_cli.core.model.tokenizer import ClipTokenizer, clip_tokenizer
 
 open_clip = pytest.importorskip("open_clip")
@@ -102,6 +105,22 @@ def test_tokenizer_equals_open_clip(context):
     assert got.dtype == want.dtype and torch.equal(got, want)
     assert ours.vocab_size == theirs.vocab_size == 49408
     assert torch.equal(ours("one string"), theirs("one string"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=sorted(tokenizer._FTFY_IDENTITY), max_size=200))
+def test_ftfy_leaves_plain_ascii_alone(text):
+    # The tokenizer skips ftfy (and its import) for these characters: that must change nothing.
+    import ftfy
+
+    assert ftfy.fix_text(text) == text and tokenizer.fix_text(text) == text
+
+
+@pytest.mark.parametrize("text", TEXTS + ["a & b", "bell\x07", "cr\r\nlf", "del\x7f", "esc \x1b[31mred"])
+def test_fix_text_is_ftfy(text):
+    import ftfy
+
+    assert tokenizer.fix_text(text) == ftfy.fix_text(text)
 
 
 def test_tokenizer_cuts_long_text_keeping_the_end_token():
