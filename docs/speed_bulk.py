@@ -1,4 +1,4 @@
-"""Bulk zero-shot images/s, this tree against an older revision, whole commands in rounds.
+"""Bulk zero-shot (or embed) images/s, this tree against an older revision, whole commands in rounds.
 
 Issue 18's target: ``detailclip zero-shot`` over 5,000 demo-sized images at least 1.5x the
 images/s of the tree before the issue (``bac5301``). Each round runs, for each tree, the whole
@@ -11,6 +11,7 @@ by round; medians and ranges over the rounds are printed, and one JSON line per 
 
     .venv/bin/python docs/speed_bulk.py --images 5000 --rounds 4
     OMP_NUM_THREADS=1 .venv/bin/python docs/speed_bulk.py --images 5000 --rounds 4
+    .venv/bin/python docs/speed_bulk.py --images 5000 --rounds 3 --command embed --before 75cde3e
 
 Run it on a quiet machine: anything else on the cores changes the figures more than the code.
 """
@@ -51,11 +52,16 @@ def images(folder: Path, count: int) -> list[Path]:
     return demo_images(folder, count)
 
 
-def timed(tree: Path, listing: Path, model: Path, extra: list[str]) -> float:
-    """Seconds of one ``zero-shot`` command over the paths listed in ``listing`` (read from stdin)."""
+def timed(tree: Path, listing: Path, model: Path, extra: list[str], command: str = "zero-shot") -> float:
+    """Seconds of one ``zero-shot`` (or ``embed``, into a fresh ``.npy`` file) command over the
+    paths listed in ``listing`` (read from stdin)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, "-m", "detailclip_cli", "zero-shot", "-", "--labels", LABELS, "--model", str(model),
-           "--format", "jsonl", *extra]
+    if command == "embed":
+        out = listing.with_name(f"{listing.stem}-{time.monotonic_ns()}.npy")
+        cmd = [sys.executable, "-m", "detailclip_cli", "embed", "-", "--model", str(model), "--output", str(out), *extra]
+    else:
+        cmd = [sys.executable, "-m", "detailclip_cli", "zero-shot", "-", "--labels", LABELS, "--model", str(model),
+               "--format", "jsonl", *extra]
     start = time.perf_counter()
     with listing.open() as stdin:
         subprocess.run(cmd, stdin=stdin, stdout=subprocess.DEVNULL, env=env, check=True, cwd=tree)
@@ -68,6 +74,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--before", default="bac5301", help="the revision to compare with")
     parser.add_argument("--log", type=Path, default=None, help="append one JSON line per round here")
+    parser.add_argument("--command", choices=["zero-shot", "embed"], default="zero-shot",
+                        help="the command timed: zero-shot (JSON lines to nowhere) or embed (into an .npy file)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                         help="this tree with extra zero-shot options, e.g. 'w1=--workers 1'")
     args = parser.parse_args()
@@ -84,20 +92,22 @@ def main() -> None:
         all_list.write_text("".join(f"{p}\n" for p in paths))
         one_list.write_text(f"{paths[0]}\n")
         for tree, extra in trees.values():  # warm the file cache and the byte-code of both trees
-            timed(tree, one_list, model, extra)
+            timed(tree, one_list, model, extra, args.command)
 
         rates: dict[str, list[float]] = {name: [] for name in trees}
         for r in range(args.rounds):
             row = {}
             for name, (tree, extra) in trees.items():
-                t_all, t_one = timed(tree, all_list, model, extra), timed(tree, one_list, model, extra)
+                t_all = timed(tree, all_list, model, extra, args.command)
+                t_one = timed(tree, one_list, model, extra, args.command)
                 rates[name].append((args.images - 1) / (t_all - t_one))
                 row[name] = {"t_all_s": round(t_all, 3), "t_one_s": round(t_one, 3),
                              "images_per_s": round(rates[name][-1], 1)}
             for name in trees:
                 if name != "before":
                     row[f"{name}_vs_before"] = round(rates[name][-1] / rates["before"][-1], 3)
-            row.update(round=r, images=args.images, threads=os.environ.get("OMP_NUM_THREADS", "default"),
+            row.update(round=r, command=args.command, images=args.images,
+                       threads=os.environ.get("OMP_NUM_THREADS", "default"),
                        load=os.getloadavg()[0])
             print(json.dumps(row), flush=True)
             if args.log:
