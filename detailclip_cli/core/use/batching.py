@@ -178,12 +178,9 @@ def iter_image_batches(paths: Sequence[ImageSource], *, image_size: int, mean: S
     for ok, tensor, errors in loader:
         if encode is not None and tensor is not None and not in_workers:
             tensor = encode(tensor)
-        batch = ImageBatch([paths[i] for i in ok], None, [(paths[i], message) for i, message in errors], ok)
-        if encode is None:
-            batch.images = tensor
-        else:
-            batch.outputs = tensor
-        yield batch
+        yield ImageBatch([paths[i] for i in ok], tensor if encode is None else None,
+                         [(paths[i], message) for i, message in errors], ok,
+                         outputs=None if encode is None else tensor)
 
 
 class ImageCollate:
