@@ -4,7 +4,7 @@ Every module of ``detailclip_cli`` is parsed (nothing is imported), and every ``
 ``from x import y`` in it, at module level or inside a function, relative ones resolved, becomes
 an edge of the module graph. The layers are those of ``docs/design.md``:
 
-    errors, version < config, choices, presets, recipes, device, distributed < data < model < method
+    errors, version, allocator < config, choices, presets, recipes, device, distributed < data < model < method
     < store < training | use (peers) < core (the public surface) < plots, tools < cli
 
 An import inside a function counts like any other: hiding an import in a function does not
@@ -35,6 +35,7 @@ ROOT = "detailclip_cli"
 LAYERS: dict[str, tuple[int, str]] = {
     f"{ROOT}": (0, "version"),  # only the package's own __init__ (``__version__``); see layer_of
     f"{ROOT}.errors": (0, "errors"),
+    f"{ROOT}.allocator": (0, "allocator"),
     f"{ROOT}.version": (0, "version"),
     f"{ROOT}._version": (0, "version"),
     f"{ROOT}.core.config": (1, "config"),

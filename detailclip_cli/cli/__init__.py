@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from detailclip_cli import __version__
+from detailclip_cli import __version__, allocator
 from detailclip_cli.cli import (
     attn_map,
     bench,
@@ -92,6 +92,7 @@ def _root(
 
 def main() -> None:
     """Console entry point: people's errors become one line on stderr and an exit code."""
+    allocator.keep_memory_mapped()  # before any command imports torch
     # Typer carries its own copy of click; its exception classes are reached through a public name.
     click_errors = {c.__name__: c for c in typer.BadParameter.__mro__}
     usage_error, click_exception = click_errors["UsageError"], click_errors["ClickException"]

@@ -42,8 +42,11 @@ class Attention(nn.Module):
             (B, N, D), and (B, H, N) softmax weights of the [CLS] row when asked, else None.
         """
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+        # Split along the q/k/v axis of the (B, N, 3, H, hd) view, then move H forward: the same
+        # strided views as a permute, but the backward stacks the three gradients straight into
+        # that contiguous layout, where a permute's would need one more copy.
+        qkv = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in qkv)  # each (B, H, N, hd)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, hd)
         out = self.proj(out.transpose(1, 2).reshape(b, n, d))
         cls_attn = None

@@ -13,6 +13,7 @@ import detailclip_cli.tools.bench.data as data
 import detailclip_cli.tools.bench.inference as inference
 import detailclip_cli.tools.bench.startup as startup
 import detailclip_cli.tools.bench.step as step
+from detailclip_cli import allocator
 from detailclip_cli.core.config import load_preset
 from detailclip_cli.core.device import resolve_device
 from detailclip_cli.tools.bench.config import CPU_BATCH_SIZE, SECTIONS, BenchConfig
@@ -55,7 +56,7 @@ def run_bench(cfg: BenchConfig, *, on_stage: Callable[[str], None] | None = None
     record: dict[str, Any] = {
         "preset": cfg.preset, "batch_size": batch_size, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "allocator": allocator.describe(), "torch": torch.__version__,
         "repeats": cfg.repeats, "warmup": cfg.warmup,
     }
     if "bulk" in cfg.sections:
