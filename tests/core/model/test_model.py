@@ -71,6 +71,30 @@ def test_attention_matches_manual_attention_and_cls_row():
     assert none is None and torch.equal(out2, out)
 
 
+def _permute_split_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """The attention with q, k, v taken by a permute of the (B, N, 3, H, hd) view (timm's way)."""
+    b, n, d = x.shape
+    q, k, v = attn.qkv(x).reshape(b, n, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return attn.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def test_attention_gradients_are_bitwise_those_of_the_permute_split():
+    """The split along the q/k/v axis saves the backward a copy and changes no bit (float32)."""
+    torch.manual_seed(0)
+    attn = Attention(192, 3)
+    x = torch.randn(4, 37, 192)
+    grads = []
+    for forward in (lambda t: attn(t)[0], lambda t: _permute_split_attention(attn, t)):
+        attn.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        out = forward(xi)
+        out.square().sum().backward()
+        grads.append([out.detach(), xi.grad] + [p.grad for p in attn.parameters()])
+    for ours, reference in zip(*grads):
+        assert torch.equal(ours, reference)
+
+
 @pytest.fixture(scope="module")
 def vit() -> VisionTransformer:
     torch.manual_seed(0)
