@@ -67,8 +67,11 @@ def evaluate(
         "--seed", metavar="N", min=0, max=2**32 - 1, rich_help_panel=opts.METHOD,
         help="Seed of the probes (dense crops and head, the logistic probe's held-out part).")] = 0,
     batch_size: opts.BatchSizeOpt = 64,
-    workers: Annotated[int, typer.Option(
-        "--workers", metavar="N", min=0, rich_help_panel=opts.DATA, help="Data-loader worker processes.")] = 2,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", metavar="N", min=0, rich_help_panel=opts.DATA, show_default=False,
+        help="Worker processes that read the images; with the model on a CPU they also encode them for "
+        "zero-shot, retrieval and the [CLS] probes, one thread each. Default: one per core (at most 8), "
+        "none under 64 images; 0 reads in the main process.")] = None,
     fmt: Annotated[TableOrJson, typer.Option(
         "--format", "-f", rich_help_panel=opts.OUTPUT, help="table for people, json for one record.")] = TableOrJson.table,
     output: opts.OutputOpt = None,

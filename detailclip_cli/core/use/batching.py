@@ -200,6 +200,22 @@ class ImageCollate:
         return [item["index"] for item in good], tensor, bad
 
 
+class EncodingCollate:
+    """Collate dict items (``EvalSetDataset``'s) and replace their ``image`` batch by ``encode`` of
+    it, as ``embedding``: what :func:`eval_batches` takes as ``collate`` to have its workers
+    encode (see :func:`iter_image_batches` for why). A class, so ``spawn`` workers can pickle it."""
+
+    def __init__(self, encode: BatchEncoder):
+        self.encode = encode
+
+    def __call__(self, items: list[dict]) -> dict:
+        from torch.utils.data import default_collate
+
+        batch = default_collate(items)
+        batch["embedding"] = self.encode(batch.pop("image"))
+        return batch
+
+
 def load_images(paths: Sequence[str | Path], model) -> torch.Tensor:
     """Image files as one batch for ``model``: resized (shorter side, then centre crop) and normalised.
 

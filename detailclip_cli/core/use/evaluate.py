@@ -30,7 +30,7 @@ import torch
 from detailclip_cli.core.choices import EVAL_TASKS
 from detailclip_cli.core.data import DataError
 from detailclip_cli.core.data.benchmarks import EvalSet, open_eval_set
-from detailclip_cli.core.use.batching import SkipLog
+from detailclip_cli.core.use.batching import SkipLog, default_workers
 from detailclip_cli.core.use.cls_probes import knn_probe, logistic_probe
 from detailclip_cli.core.use.dense import DenseProbeConfig, dense_probe
 from detailclip_cli.core.use.embed import check_resolution, embed_eval_set, encode_texts
@@ -46,7 +46,7 @@ Progress = Callable[[str, int], Callable[[int], None] | None]
 def run_evaluation(model, data: str, *, tasks: Sequence[str] = EVAL_TASKS, layout: str = "auto",
                    split: str | None = None, limit: int | None = None, templates: str | None = None,
                    image_size: int | None = None, dense: DenseProbeConfig | None = None, batch_size: int = 64,
-                   workers: int = 0, strict: bool = False, seed: int = 0,
+                   workers: int | None = 0, strict: bool = False, seed: int = 0,
                    progress: Progress | None = None) -> dict:
     """Evaluate a model on one split of a data set (probes train on its ``train`` split).
 
@@ -61,7 +61,9 @@ def run_evaluation(model, data: str, *, tasks: Sequence[str] = EVAL_TASKS, layou
             layout's, else the default set.
         image_size: the resolution of the whole-image tasks (None: the model's own).
         dense: the dense probe's budget (None: the defaults of :class:`DenseProbeConfig`).
-        batch_size: images per forward pass; workers: ``DataLoader`` processes.
+        batch_size: images per forward pass.
+        workers: ``DataLoader`` processes (None: :func:`default_workers` for the split and the
+            model's device); on a CPU they also encode the images of the embedding passes.
         strict: stop at the first unreadable image (WorkFailedError) instead of skipping it.
         seed: the logistic-regression probe's held-out split.
         progress: shows each stage's progress (see :data:`Progress`).
@@ -85,6 +87,8 @@ def run_evaluation(model, data: str, *, tasks: Sequence[str] = EVAL_TASKS, layou
     except DataError as exc:
         raise UsageError(str(exc)) from None
     skipped_images = SkipLog()
+    if workers is None:
+        workers = default_workers(len(val), device=model.logit_scale.device)
     read = {"batch_size": batch_size, "workers": workers, "skipped": skipped_images, "strict": strict}
     record: dict = {"data": val.describe(), "resolution": size, "metrics": {}, "skipped": {}}
     metrics, skipped = record["metrics"], record["skipped"]

@@ -11,9 +11,9 @@ import torch
 
 from detailclip_cli.core.data.benchmarks import open_eval_set
 from detailclip_cli.core.use import cls_probes as P
-from detailclip_cli.core.use.batching import SkipLog
+from detailclip_cli.core.use.batching import EncodingCollate, SkipLog
 from detailclip_cli.core.use.dense import DenseProbeConfig, dense_probe
-from detailclip_cli.core.use.embed import encode_images, image_tokens
+from detailclip_cli.core.use.embed import ImageEncoder, embed_eval_set, encode_images, image_tokens
 from detailclip_cli.core.use.evaluate import run_evaluation
 
 
@@ -79,3 +79,23 @@ def test_run_evaluation_on_a_clip_benchmark_miniature(model, tmp_path):
     assert record["skipped"] == {"retrieval": "the clip_benchmark layout has no captions",
                                  "dense": "the clip_benchmark layout has no label maps",
                                  "probe": "the data has no labelled train split to fit the probes on"}
+
+
+def test_workers_encode_the_evaluation_images_as_the_main_process_does(model, tmp_path):
+    # On a CPU evaluate's workers encode (EncodingCollate); rows, order and labels are those of
+    # reading and encoding in the main process.
+    minis.colour_clip_benchmark(tmp_path, n=7)
+    val = open_eval_set(tmp_path)
+    main = embed_eval_set(model, val, batch_size=3, workers=0, skipped=SkipLog())
+    workers = embed_eval_set(model, val, batch_size=3, workers=2, skipped=SkipLog())
+    assert torch.equal(workers.indices, main.indices) and torch.equal(workers.labels, main.labels)
+    torch.testing.assert_close(workers.embeddings, main.embeddings, rtol=0, atol=1e-6)
+    assert workers.embeddings.dtype == torch.float32 and workers.embeddings.shape == (7, model.cfg.embed_dim)
+
+
+def test_encoding_collate_replaces_the_images_by_their_encoding(model, images):
+    items = [{"image": images[i], "index": i, "label": 10 + i} for i in range(3)]
+    batch = EncodingCollate(ImageEncoder(model))(items)
+    assert set(batch) == {"embedding", "index", "label"}
+    assert torch.equal(batch["embedding"], encode_images(model, images))
+    assert batch["index"].tolist() == [0, 1, 2] and batch["label"].tolist() == [10, 11, 12]
