@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from detailclip_cli.core.data.benchmarks import IGNORE_INDEX, EvalSetDataset
 from detailclip_cli.core.use.batching import SkipLog, eval_batches
-from detailclip_cli.core.use.embed import check_resolution, image_tokens
+from detailclip_cli.core.use.embed import check_resolution, image_tokens, inference_autocast
 from detailclip_cli.core.use.metrics import miou_from_confusion, segmentation_confusion
 from detailclip_cli.errors import UsageError, WorkFailedError
 
@@ -105,10 +105,12 @@ class LinearSegHead(nn.Module):
 
 @torch.no_grad()
 def patch_feature_map(model, images: torch.Tensor, last_k: int = 1) -> torch.Tensor:
-    """Frozen patch tokens as a feature map: (B, 3, H, W) -> (B, kD, H / P, W / P)."""
+    """Frozen patch tokens as a float32 feature map: (B, 3, H, W) -> (B, kD, H / P, W / P),
+    computed under bf16 autocast on a GPU (:func:`inference_autocast`)."""
     b, _, h, w = images.shape
     p = model.visual.patch_size
-    tokens = torch.cat([t[:, 1:] for t in image_tokens(model, images, last_k=last_k)], dim=-1)  # (B, L, kD)
+    with inference_autocast(model):
+        tokens = torch.cat([t[:, 1:] for t in image_tokens(model, images, last_k=last_k)], dim=-1)  # (B, L, kD)
     return tokens.transpose(1, 2).reshape(b, -1, h // p, w // p).float()  # (B, L, kD) -> (B, kD, gh, gw)
 
 

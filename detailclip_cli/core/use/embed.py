@@ -134,12 +134,14 @@ def encode_texts(model, texts: Sequence[str], *, batch_size: int = 256) -> torch
         texts: N strings (tokenized with the model's tokenizer, truncated to its context).
 
     Returns:
-        (N, E) L2-normalised embeddings on the model's device.
+        (N, E) L2-normalised float32 embeddings on the model's device (computed under bf16
+        autocast on a GPU, as the images are: :func:`inference_autocast`).
     """
     device = model.logit_scale.device
     texts = list(texts)
-    out = [model.encode_text(model.tokenize(texts[i:i + batch_size]).to(device))  # (b, E)
-           for i in range(0, len(texts), batch_size)]
+    with inference_autocast(model):
+        out = [model.encode_text(model.tokenize(texts[i:i + batch_size]).to(device)).float()  # (b, E)
+               for i in range(0, len(texts), batch_size)]
     return torch.cat(out)
 
 
