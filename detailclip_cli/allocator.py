@@ -20,6 +20,8 @@ does a ``MALLOC_*`` or ``THP_MEM_ALLOC_ENABLE`` variable of the user's own. Meas
 docs/speed.md, "The training step". Only the command line's ``main``, which owns its process,
 calls :func:`keep_memory_mapped`; importing the package changes nothing, except in a process a
 ``detailclip`` command started (:func:`follow_parent`). ``bench`` records :func:`describe`.
+A torch program a command starts that never imports ``detailclip_cli`` inherits the 2 MiB-page
+variable without the heap settings; none of the commands starts one.
 """
 
 from __future__ import annotations
