@@ -21,7 +21,8 @@ docs/speed.md, "The training step". Only the command line's ``main``, which owns
 calls :func:`keep_memory_mapped`; importing the package changes nothing, except in a process a
 ``detailclip`` command started (:func:`follow_parent`). ``bench`` records :func:`describe`.
 A torch program a command starts that never imports ``detailclip_cli`` inherits the 2 MiB-page
-variable without the heap settings; none of the commands starts one.
+variable without the heap settings; the only one the commands start is ``bench``'s
+``python -c "import torch"``, the start-up baseline, which allocates too little to notice.
 """
 
 from __future__ import annotations
