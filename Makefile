@@ -1,7 +1,7 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv on first use
 # (exact pins from constraints.txt) and reinstall only when pyproject.toml or the pins change.
 # `make test` runs every test (CI calls it); `make test-fast` leaves out those marked slow,
-# for the inner loop (643 of the 763 tests). All of them take about 17 minutes on 2 CPU cores,
+# for the inner loop (652 of the 772 tests). All of them take about 14 minutes on 2 CPU cores,
 # 7 of which go to the slow test that trains the tiny preset 600 steps on the demo.
 PY ?= python3
 VENV := .venv
