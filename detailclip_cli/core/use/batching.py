@@ -141,6 +141,12 @@ class BatchEncoder(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
+def encodes_in_workers(encode: BatchEncoder | None, workers: int) -> bool:
+    """Whether the ``DataLoader`` workers run ``encode`` (a CPU model, and workers to run it)
+    rather than the main process, on the batches they made."""
+    return encode is not None and workers > 0 and torch.device(encode.device).type == "cpu"
+
+
 def iter_image_batches(paths: Sequence[ImageSource], *, image_size: int, mean: Sequence[float],
                        std: Sequence[float], batch_size: int = 32, workers: int = 0,
                        batches: Sequence[Sequence[int]] | None = None,
@@ -167,7 +173,7 @@ def iter_image_batches(paths: Sequence[ImageSource], *, image_size: int, mean: S
     from torch.utils.data import DataLoader
 
     transform = make_eval_transform(image_size=image_size, mean=mean, std=std)
-    in_workers = encode is not None and workers > 0 and torch.device(encode.device).type == "cpu"
+    in_workers = encodes_in_workers(encode, workers)
     # Items carry uint8 pixels and each batch is normalised at once: bitwise the same tensors as
     # normalising image by image, at about a tenth of that step's cost.
     dataset = ImageSourceDataset(paths, transform.pixels)
@@ -198,22 +204,6 @@ class ImageCollate:
             tensor = self.encode(tensor)
         bad = [(item["index"], item["bad"]) for item in items if "bad" in item]
         return [item["index"] for item in good], tensor, bad
-
-
-class EncodingCollate:
-    """Collate dict items (``EvalSetDataset``'s) and replace their ``image`` batch by ``encode`` of
-    it, as ``embedding``: what :func:`eval_batches` takes as ``collate`` to have its workers
-    encode (see :func:`iter_image_batches` for why). A class, so ``spawn`` workers can pickle it."""
-
-    def __init__(self, encode: BatchEncoder):
-        self.encode = encode
-
-    def __call__(self, items: list[dict]) -> dict:
-        from torch.utils.data import default_collate
-
-        batch = default_collate(items)
-        batch["embedding"] = self.encode(batch.pop("image"))
-        return batch
 
 
 def load_images(paths: Sequence[str | Path], model) -> torch.Tensor:
@@ -271,8 +261,30 @@ class SkipLog:
             self.examples.append(message)
 
 
+class EvalCollate:
+    """How :func:`eval_batches` makes a batch of dict items (in its workers): the readable items
+    collated (``collate``, default stacked tensors), their ``image`` replaced by ``encode`` of it
+    as ``embedding`` when ``encode`` is given, the messages of the unreadable ones as ``bad`` and
+    the item count as ``size``. A class, so ``DataLoader`` workers started with ``spawn`` can
+    pickle it."""
+
+    def __init__(self, collate: Callable[[list[dict]], dict] | None = None, encode: BatchEncoder | None = None):
+        self.collate, self.encode = collate, encode
+
+    def __call__(self, items: list[dict]) -> dict:
+        from torch.utils.data import default_collate
+
+        good = [item for item in items if "bad" not in item]
+        batch = (self.collate or default_collate)(good) if good else {}
+        if good and self.encode is not None:
+            batch["embedding"] = self.encode(batch.pop("image"))
+        batch["bad"] = [item["bad"] for item in items if "bad" in item]
+        batch["size"] = len(items)
+        return batch
+
+
 def eval_batches(dataset, *, batch_size: int, workers: int = 0, skipped: SkipLog, strict: bool = False,
-                 collate: Callable[[list[dict]], dict] | None = None,
+                 collate: Callable[[list[dict]], dict] | None = None, encode: BatchEncoder | None = None,
                  on_batch: Callable[[int], None] | None = None) -> Iterator[dict]:
     """Stream a dataset's readable items in order, ``batch_size`` at a time, with ``workers`` processes.
 
@@ -286,31 +298,29 @@ def eval_batches(dataset, *, batch_size: int, workers: int = 0, skipped: SkipLog
         skipped: where unreadable items are counted.
         strict: raise on the first unreadable item instead.
         collate: how readable items become a batch (default: stacked tensors); the batch
-            always holds ``index`` and ``bad``.
+            always holds ``index``.
+        encode: replaces each batch's ``image`` by ``embedding``, ``encode`` of it: in the
+            workers with a CPU model (:func:`encodes_in_workers`, as :func:`iter_image_batches`
+            does), else here.
         on_batch: called with the number of items of each batch, readable or not (progress).
 
     Raises:
         WorkFailedError: ``strict`` and an item could not be read (the message names it).
     """
-    from torch.utils.data import DataLoader, default_collate
+    from torch.utils.data import DataLoader
 
-    def gather(items: list[dict]) -> dict:
-        good = [item for item in items if "bad" not in item]
-        batch = (collate or default_collate)(good) if good else {}
-        batch["bad"] = [item["bad"] for item in items if "bad" in item]
-        batch["size"] = len(items)
-        return batch
-
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=gather,
-                        persistent_workers=False)
+    in_workers = encodes_in_workers(encode, workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=EvalCollate(collate, encode if in_workers else None), persistent_workers=False)
     for batch in loader:
         for message in batch.pop("bad"):
             if strict:
                 raise WorkFailedError(f"{message} (without --strict, unreadable images are skipped and counted)")
             skipped.add(message)
+        size = batch.pop("size")
         if on_batch is not None:
-            on_batch(batch.pop("size"))
-        else:
-            batch.pop("size")
+            on_batch(size)
         if "index" in batch:
+            if encode is not None and not in_workers:
+                batch["embedding"] = encode(batch.pop("image"))
             yield batch

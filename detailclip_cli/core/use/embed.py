@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from detailclip_cli.core.device import autocast_dtype
-from detailclip_cli.core.use.batching import EncodingCollate, SkipLog, eval_batches
+from detailclip_cli.core.use.batching import SkipLog, eval_batches
 from detailclip_cli.errors import UsageError
 from detailclip_cli.core.data import make_eval_transform
 
@@ -184,14 +184,12 @@ def embed_eval_set(model, eval_set, *, image_size: int | None = None, batch_size
     from detailclip_cli.core.data.benchmarks import EvalSetDataset
 
     size = check_resolution(model, image_size or model.cfg.vision.image_size)
-    encode = ImageEncoder(model)
-    # On a CPU the workers encode too, one thread each, as zero-shot's and embed's do.
-    in_workers = workers > 0 and encode.device.type == "cpu"
     dataset = EvalSetDataset(eval_set, eval_transform(model, size))
     embs, indices, labels = [], [], []
+    # On a CPU the workers encode too, one thread each, as zero-shot's and embed's do.
     for batch in eval_batches(dataset, batch_size=batch_size, workers=workers, skipped=skipped, strict=strict,
-                              collate=EncodingCollate(encode) if in_workers else None, on_batch=on_batch):
-        embs.append(batch["embedding"] if in_workers else encode(batch["image"]))
+                              encode=ImageEncoder(model), on_batch=on_batch):
+        embs.append(batch["embedding"])
         indices.append(batch["index"])
         if "label" in batch:
             labels.append(batch["label"])

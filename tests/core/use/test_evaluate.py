@@ -4,6 +4,7 @@ token extraction at any resolution, and ``run_evaluation``'s record on miniature
 from __future__ import annotations
 
 import math
+import pickle
 
 import benchmark_minis as minis
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from detailclip_cli.core.data.benchmarks import open_eval_set
 from detailclip_cli.core.use import cls_probes as P
-from detailclip_cli.core.use.batching import EncodingCollate, SkipLog
+from detailclip_cli.core.use.batching import EvalCollate, SkipLog
 from detailclip_cli.core.use.dense import DenseProbeConfig, dense_probe
 from detailclip_cli.core.use.embed import ImageEncoder, embed_eval_set, encode_images, image_tokens
 from detailclip_cli.core.use.evaluate import run_evaluation
@@ -82,7 +83,7 @@ def test_run_evaluation_on_a_clip_benchmark_miniature(model, tmp_path):
 
 
 def test_workers_encode_the_evaluation_images_as_the_main_process_does(model, tmp_path):
-    # On a CPU evaluate's workers encode (EncodingCollate); rows, order and labels are those of
+    # On a CPU evaluate's workers encode (EvalCollate); rows, order and labels are those of
     # reading and encoding in the main process.
     minis.colour_clip_benchmark(tmp_path, n=7)
     val = open_eval_set(tmp_path)
@@ -93,9 +94,12 @@ def test_workers_encode_the_evaluation_images_as_the_main_process_does(model, tm
     assert workers.embeddings.dtype == torch.float32 and workers.embeddings.shape == (7, model.cfg.embed_dim)
 
 
-def test_encoding_collate_replaces_the_images_by_their_encoding(model, images):
+def test_eval_collate_encodes_the_readable_items_and_pickles(model, images):
     items = [{"image": images[i], "index": i, "label": 10 + i} for i in range(3)]
-    batch = EncodingCollate(ImageEncoder(model))(items)
-    assert set(batch) == {"embedding", "index", "label"}
+    items.insert(1, {"bad": "cannot read x.png"})
+    collate = EvalCollate(encode=ImageEncoder(model))
+    batch = pickle.loads(pickle.dumps(collate))(items)  # as a worker started with spawn gets it
+    assert set(batch) == {"embedding", "index", "label", "bad", "size"}
     assert torch.equal(batch["embedding"], encode_images(model, images))
     assert batch["index"].tolist() == [0, 1, 2] and batch["label"].tolist() == [10, 11, 12]
+    assert batch["bad"] == ["cannot read x.png"] and batch["size"] == 4
