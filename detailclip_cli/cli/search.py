@@ -64,7 +64,7 @@ def search(
     else:
         if not query.strip():
             raise UsageError("--query is empty: give a text or an image file")
-        q = encode_texts(net, [query])[0].float().cpu()  # (E,)
+        q = encode_texts(net, [query])[0].cpu()  # (E,)
     hits = embfile.search(rows, q, top_k=top_k)
     records = [{"rank": r, "id": name, "score": round(score, 6)} for r, (name, score) in enumerate(hits, start=1)]
     if fmt == ResultFormat.json:

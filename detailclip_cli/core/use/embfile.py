@@ -181,7 +181,7 @@ def _embed_chunk(model, chunk, chunk_ids, which, batch_size, workers, on_rows, o
                 on_rows(len(batch.paths) + len(batch.errors))
     if text_idx:
         with torch.no_grad():
-            emb = encode_texts(model, [chunk[i][1] for i in text_idx], batch_size=batch_size).float().cpu()
+            emb = encode_texts(model, [chunk[i][1] for i in text_idx], batch_size=batch_size).cpu()
         for i, row in zip(text_idx, emb):
             rows[i] = row
         if on_rows:

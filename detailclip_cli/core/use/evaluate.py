@@ -165,7 +165,7 @@ def _retrieval(model, val: EvalSet, emb) -> dict:
         for caption in val.items[index].captions:
             texts.append(caption)
             owner.append(row)
-    text_emb = encode_texts(model, texts).float().cpu()
+    text_emb = encode_texts(model, texts).cpu()
     result = retrieval_metrics(emb.embeddings, text_emb, torch.tensor(owner))
     result["protocol"] = {"images": len(emb.indices), "captions": len(texts),
                           "hit": "image->text: any of its captions in the top k; text->image: its image",
